@@ -1,0 +1,59 @@
+"""The Celery app: two queues, late acks, no result backend.
+
+Workers start with `celery -A config worker -Q gpu,default`. Generation (and later
+training) runs on the `gpu` queue so that GPU hosts consume only that queue; the rest
+goes to `default`. Job state lives in database rows, never in a result backend.
+"""
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("config")
+
+
+def configure(app: Celery) -> None:
+    from django.conf import settings
+
+    broker_url = settings.CELERY_BROKER_URL
+    transport_options: dict = {"visibility_timeout": settings.CELERY_BROKER_VISIBILITY_TIMEOUT}
+    if broker_url.startswith("filesystem://"):
+        # The embedded broker: messages are files under var/broker, so `make demo`
+        # needs no broker server. Fanout (control_folder) lets /healthz ping workers.
+        root = settings.CELERY_BROKER_DIR
+        folders = {"data_folder_in": root / "queue", "data_folder_out": root / "queue",
+                   "processed_folder": root / "processed", "control_folder": root / "control"}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        transport_options.update({k: str(v) for k, v in folders.items()}, store_processed=False)
+
+    app.conf.update(
+        broker_url=broker_url,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue="default",
+        task_queues=[Queue("default"), Queue("gpu")],
+        task_routes={"generation.tasks.*": {"queue": "gpu"}},
+        # A task is acknowledged only when it has finished, and handed to another
+        # worker if its worker dies: tasks are written to be safe to run twice.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
+        task_time_limit=settings.CELERY_TASK_TIME_LIMIT,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_always_eager=settings.CELERY_TASK_ALWAYS_EAGER,
+        timezone=settings.TIME_ZONE,
+    )
+
+
+app.on_configure.connect(lambda sender, **kwargs: configure(sender), weak=False)
+app.autodiscover_tasks()

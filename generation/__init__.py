@@ -1,0 +1,1 @@
+"""Generative models under study and their generation on GPU workers."""

@@ -1,0 +1,1 @@
+"""Reader studies: image sets, studies, readers' sequences, answers, and their pages."""

@@ -1,0 +1,67 @@
+"""The demo's accounts: one researcher and two readers, with passwords kept in var/.
+
+Passwords are random, made on the first run and saved (mode 0600) so that every
+later run prints the same ones and changes nothing that exists.
+"""
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+DEMO_ACCOUNTS = [
+    ("researcher", "researcher", True),
+    ("reader1", "reader", False),
+    ("reader2", "reader", False),
+]
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    username: str
+    role: str
+    password: str
+
+
+def _load(path: Path) -> dict[str, str]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _save(path: Path, passwords: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(passwords, f, indent=2)
+    os.replace(tmp, path)
+
+
+@transaction.atomic
+def demo_accounts_ensure(*, credentials_path: Path) -> list[DemoAccount]:
+    """Create the demo accounts that are missing; return all with their passwords."""
+    User = get_user_model()
+    passwords = _load(credentials_path)
+    accounts = []
+    for username, role, is_staff in DEMO_ACCOUNTS:
+        user = User.objects.filter(username=username).first()
+        password = passwords.get(username)
+        if user is None or password is None or not user.check_password(password):
+            # New, or its password was lost or changed: give it a known one.
+            password = secrets.token_urlsafe(9)
+            if user is None:
+                user = User(username=username)
+            user.set_password(password)
+            passwords[username] = password
+        user.is_staff = user.is_superuser = is_staff
+        user.is_active = True
+        user.save()
+        accounts.append(DemoAccount(username=username, role=role, password=password))
+    _save(credentials_path, passwords)
+    return accounts

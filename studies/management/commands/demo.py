@@ -1,0 +1,90 @@
+"""`python manage.py demo`: set up the demo, then run the web server and a worker.
+
+Ctrl-C (or SIGTERM) stops both. If either one stops by itself, the other is
+stopped too and the command fails, so a half-running demo is never left behind.
+"""
+
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from studies.demo import demo_accounts_ensure
+
+
+class Command(BaseCommand):
+    help = "Prepare the demo (database, accounts) and run the web server and a Celery worker."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--addr", default="127.0.0.1:8000", help="host:port for the web server")
+        parser.add_argument(
+            "--setup-only", action="store_true", help="prepare everything, start nothing"
+        )
+
+    def handle(self, *args, addr, setup_only, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        accounts = demo_accounts_ensure(credentials_path=settings.VAR_DIR / "demo_accounts.json")
+        url = f"http://{addr}/"
+        out = self.stdout
+        out.write("")
+        out.write(self.style.SUCCESS(f"Reader study demo: {url}"))
+        out.write(f"  Admin for researchers: {url}admin/")
+        out.write("  Accounts (saved in var/demo_accounts.json):")
+        for account in accounts:
+            out.write(f"    {account.role:<10} {account.username:<10} password: {account.password}")
+        out.write("")
+        if setup_only:
+            return
+        out.write("Starting the web server and a Celery worker. Press Ctrl-C to stop both.")
+        self.flush()
+        self.supervise(
+            {
+                "web": [sys.executable, "manage.py", "runserver", addr, "--noreload"],
+                "worker": [sys.executable, "-m", "celery", "-A", "config", "worker",
+                           "-Q", "gpu,default", "--concurrency", "1", "--hostname", "demo@%h",
+                           "--loglevel", "INFO"],
+            }
+        )
+
+    def flush(self):
+        self.stdout.flush()
+
+    def supervise(self, commands: dict[str, list[str]]) -> None:
+        stopping = False
+
+        def request_stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        # Each child gets its own session: the terminal's Ctrl-C reaches only this
+        # command, which then stops each child exactly once.
+        children = {
+            name: subprocess.Popen(argv, cwd=settings.BASE_DIR, start_new_session=True)
+            for name, argv in commands.items()
+        }
+        failed = None
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    failed = f"The {name} stopped by itself (exit code {child.returncode})."
+                    stopping = True
+            time.sleep(0.2)
+        for child in children.values():
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + 20
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if failed:
+            raise CommandError(f"{failed} Stopped the demo; see the messages above.")
+        self.stdout.write("Stopped the web server and the worker.")

@@ -1,0 +1,1 @@
+"""Models of reader studies (image sets, studies, sequences, answers) live here."""

@@ -1,0 +1,103 @@
+"""Fixtures shared by the whole suite: the three standing actors and a real worker."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from config.celery import app as celery_app
+
+
+def pytest_report_header(config):
+    if settings.TEST_SERVICES:
+        return "services: PostgreSQL and Redis (tests marked 'services' run)"
+    return (
+        "services: none answered, so SQLite and the filesystem broker; "
+        "tests marked 'services' are SKIPPED (CI runs them)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if settings.TEST_SERVICES:
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL and Redis, which did not answer")
+    for item in items:
+        if "services" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def researcher(django_user_model):
+    return django_user_model.objects.create_user(
+        "researcher", password="researcher-pass", is_staff=True, is_superuser=True
+    )
+
+
+@pytest.fixture
+def reader(django_user_model):
+    return django_user_model.objects.create_user("reader", password="reader-pass")
+
+
+@pytest.fixture
+def outsider(django_user_model):
+    return django_user_model.objects.create_user("outsider", password="outsider-pass")
+
+
+def worker_environment() -> dict[str, str]:
+    """The environment a worker process needs to share this test's database."""
+    db = connection.settings_dict
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings", PYTHONUNBUFFERED="1")
+    if db["ENGINE"].endswith("postgresql"):
+        auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+        env["DATABASE_URL"] = f"postgres://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+    else:
+        env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+    env["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL
+    return env
+
+
+def wait_for_worker(hostname: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the worker exited early with code {process.returncode}")
+        if celery_app.control.ping(destination=[hostname], timeout=0.5):
+            return
+    raise RuntimeError(f"the worker {hostname} did not answer within {timeout} s")
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, tmp_path):
+    """A real `celery -A config worker` process, consuming both queues.
+
+    The test's rows must be committed for the worker to see them, hence the
+    transactional database. Leftover messages from earlier tests are purged first.
+    """
+    celery_app.control.purge()
+    hostname = f"test-{uuid.uuid4().hex[:8]}@%h"
+    log = open(tmp_path / "worker.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "gpu,default",
+         "--concurrency", "1", "--hostname", hostname, "--loglevel", "INFO"],
+        cwd=settings.BASE_DIR, env=worker_environment(), stdout=log, stderr=subprocess.STDOUT,
+    )
+    resolved = hostname.replace("%h", socket.gethostname())
+    try:
+        wait_for_worker(resolved, process)
+        yield resolved
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.seek(0)
+        sys.stdout.write(f"\n--- worker log ---\n{log.read()[-4000:]}\n")
+        log.close()
