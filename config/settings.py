@@ -172,5 +172,19 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # pydicom logs each failed decoder with a traceback; the import reports the reason.
+        "pydicom": {"level": "CRITICAL"},
+    },
 }
+
+# --- Images -------------------------------------------------------------------
+# Side of the square PNG every reader image is normalised to (a study may choose another).
+READER_IMAGE_SIZE = env_int("READER_IMAGE_SIZE", 512)
+# Keep each imported file as it came, for researchers (never reachable by readers).
+KEEP_ORIGINALS = env_bool("KEEP_ORIGINALS", True)
+# Set to an nginx `internal` location (e.g. "/protected-media/") that maps onto
+# MEDIA_ROOT to let nginx send reader images; empty: Django sends them itself.
+READER_IMAGE_ACCEL_PREFIX = env_str("READER_IMAGE_ACCEL_PREFIX", "")
+DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DATA_UPLOAD_MAX_NUMBER_FILES", 1000)

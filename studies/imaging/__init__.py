@@ -1,0 +1,1 @@
+"""Turning radiograph files into the images readers see: decoding, normalising, phantoms."""
