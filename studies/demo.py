@@ -13,6 +13,9 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+DEMO_PHANTOM_SET = "Demo phantoms (not clinical images)"
+DEMO_PHANTOM_COUNT = 24
+
 DEMO_ACCOUNTS = [
     ("researcher", "researcher", True),
     ("reader1", "reader", False),

@@ -4,4 +4,5 @@ from . import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("p/<uuid:presentation_id>/image", views.presentation_image, name="presentation_image"),
 ]

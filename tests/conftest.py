@@ -32,6 +32,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path):
+    """Each test stores its images in a folder of its own."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
 @pytest.fixture
 def researcher(django_user_model):
     return django_user_model.objects.create_user(
@@ -59,6 +66,7 @@ def worker_environment() -> dict[str, str]:
     else:
         env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
     env["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL
+    env["MEDIA_ROOT"] = str(settings.MEDIA_ROOT)
     return env
 
 
@@ -83,9 +91,26 @@ def celery_worker_process(transactional_db, tmp_path):
     hostname = f"test-{uuid.uuid4().hex[:8]}@%h"
     log = open(tmp_path / "worker.log", "w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "gpu,default",
-         "--concurrency", "1", "--hostname", hostname, "--loglevel", "INFO"],
-        cwd=settings.BASE_DIR, env=worker_environment(), stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "gpu,default",
+            "--concurrency",
+            "1",
+            "--hostname",
+            hostname,
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=settings.BASE_DIR,
+        env=worker_environment(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     resolved = hostname.replace("%h", socket.gethostname())
     try:

@@ -24,13 +24,18 @@ def manage(*args, env):
     clean = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "DJANGO_SETTINGS_MODULE"}}
     return subprocess.run(
         [sys.executable, "manage.py", *args],
-        cwd=settings.BASE_DIR, env={**clean, **env}, capture_output=True, text=True, timeout=120,
+        cwd=settings.BASE_DIR,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def test_production_mode_passes_the_deploy_checks_with_no_warning(tmp_path):
-    result = manage("check", "--deploy", "--fail-level", "WARNING",
-                    env={**PRODUCTION_ENV, "VAR_DIR": str(tmp_path)})
+    result = manage(
+        "check", "--deploy", "--fail-level", "WARNING", env={**PRODUCTION_ENV, "VAR_DIR": str(tmp_path)}
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
 
@@ -54,12 +59,18 @@ def test_development_defaults_are_safe_and_need_no_server(tmp_path):
         "from django.conf import settings as s;"
         "print(s.DEBUG, s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL, s.MEDIA_ROOT)"
     )
-    clean = {k: v for k, v in os.environ.items()
-             if k not in {"DEBUG", "DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE"}}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DEBUG", "DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE"}
+    }
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=settings.BASE_DIR, env={**clean, "VAR_DIR": str(tmp_path)},
-        capture_output=True, text=True, timeout=120,
+        cwd=settings.BASE_DIR,
+        env={**clean, "VAR_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     debug, engine, broker, media = result.stdout.splitlines()[-1].split()

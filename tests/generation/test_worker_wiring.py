@@ -28,9 +28,7 @@ def test_a_real_worker_runs_a_task_that_writes_a_row(celery_worker_process):
 
 
 @pytest.mark.services
-def test_the_admin_button_asks_a_worker_and_its_report_is_listed(
-    client, researcher, celery_worker_process
-):
+def test_the_admin_button_asks_a_worker_and_its_report_is_listed(client, researcher, celery_worker_process):
     client.force_login(researcher)
     response = client.post("/admin/generation/workerreport/ask/", follow=True)
     assert "Asked a GPU worker to report" in response.content.decode()

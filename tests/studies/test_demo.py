@@ -61,13 +61,19 @@ def get(url):
 def test_the_demo_serves_the_login_page_with_a_worker_and_stops_on_ctrl_c(tmp_path):
     """The demo as a user runs it: embedded SQLite and filesystem broker, no server."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE"}
+    }
     env.update(VAR_DIR=str(tmp_path), DEBUG="1", PYTHONUNBUFFERED="1")
     log = open(tmp_path / "demo.log", "w+")
     demo = subprocess.Popen(
         [sys.executable, "manage.py", "demo", "--addr", f"127.0.0.1:{port}"],
-        cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -99,6 +105,7 @@ def test_the_demo_serves_the_login_page_with_a_worker_and_stops_on_ctrl_c(tmp_pa
     for username, password in accounts.items():
         assert f"{username:<10} password: {password}" in output
     assert "Stopped the web server and the worker." in output
+    assert "24 imported" in output and "NOT clinical radiographs" in output
     with pytest.raises(OSError):
         get(f"{base}/accounts/login/")
 
@@ -108,12 +115,19 @@ def test_the_demo_stops_the_worker_when_the_web_server_cannot_start(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {k: v for k, v in os.environ.items()
-               if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE"}}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE"}
+        }
         env.update(VAR_DIR=str(tmp_path), PYTHONUNBUFFERED="1")
         result = subprocess.run(
             [sys.executable, "manage.py", "demo", "--addr", f"127.0.0.1:{port}"],
-            cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+            cwd=settings.BASE_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert result.returncode != 0
     assert "The web stopped by itself" in result.stderr

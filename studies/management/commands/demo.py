@@ -13,7 +13,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from studies.demo import demo_accounts_ensure
+from studies.demo import DEMO_PHANTOM_COUNT, DEMO_PHANTOM_SET, demo_accounts_ensure
+from studies.models import ImageSet
 
 
 class Command(BaseCommand):
@@ -21,18 +22,26 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--addr", default="127.0.0.1:8000", help="host:port for the web server")
-        parser.add_argument(
-            "--setup-only", action="store_true", help="prepare everything, start nothing"
-        )
+        parser.add_argument("--setup-only", action="store_true", help="prepare everything, start nothing")
 
     def handle(self, *args, addr, setup_only, **options):
         call_command("migrate", interactive=False, verbosity=0)
         accounts = demo_accounts_ensure(credentials_path=settings.VAR_DIR / "demo_accounts.json")
+        existing = ImageSet.objects.filter(name=DEMO_PHANTOM_SET).first()
+        if existing is None or existing.images.count() < DEMO_PHANTOM_COUNT:
+            self.stdout.write(f"Making {DEMO_PHANTOM_COUNT} phantom radiographs for the demo...")
+            call_command(
+                "make_phantoms", set_name=DEMO_PHANTOM_SET, count=DEMO_PHANTOM_COUNT, stdout=self.stdout
+            )
         url = f"http://{addr}/"
         out = self.stdout
         out.write("")
         out.write(self.style.SUCCESS(f"Reader study demo: {url}"))
         out.write(f"  Admin for researchers: {url}admin/")
+        out.write(f"  Real images: the set {DEMO_PHANTOM_SET!r}, procedural phantoms drawn by a program,")
+        out.write(
+            "  NOT clinical radiographs. Import your own with: python manage.py import_images --set NAME PATH"
+        )
         out.write("  Accounts (saved in var/demo_accounts.json):")
         for account in accounts:
             out.write(f"    {account.role:<10} {account.username:<10} password: {account.password}")
@@ -44,9 +53,22 @@ class Command(BaseCommand):
         self.supervise(
             {
                 "web": [sys.executable, "manage.py", "runserver", addr, "--noreload"],
-                "worker": [sys.executable, "-m", "celery", "-A", "config", "worker",
-                           "-Q", "gpu,default", "--concurrency", "1", "--hostname", "demo@%h",
-                           "--loglevel", "INFO"],
+                "worker": [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "-Q",
+                    "gpu,default",
+                    "--concurrency",
+                    "1",
+                    "--hostname",
+                    "demo@%h",
+                    "--loglevel",
+                    "INFO",
+                ],
             }
         )
 

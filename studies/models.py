@@ -1,1 +1,0 @@
-"""Models of reader studies (image sets, studies, sequences, answers) live here."""

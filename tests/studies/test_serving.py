@@ -1,0 +1,99 @@
+"""Readers get images only through their own presentations, with identical headers."""
+
+import uuid
+
+import pytest
+
+from studies.images import image_build
+from studies.imaging.decode import decode
+from studies.imaging.normalise import png_chunk_types
+from studies.models import Image, ImageSet, Presentation, Study
+from tests.studies.files import dicom
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def study(reader, tmp_path):
+    """An open study showing the reader one real and one synthetic image."""
+    image_set = ImageSet.objects.create(name="real")
+    real = image_build(
+        decoded=decode(dicom(tmp_path, seed=1)),
+        origin=Image.Origin.REAL,
+        image_set=image_set,
+        source_sha256="a" * 64,
+        source_name="patient_0042.dcm",
+    )
+    real.save()
+    generated = decode(dicom(tmp_path, seed=2))  # stands in for a diffusion model's pixels
+    synthetic = image_build(decoded=generated, origin=Image.Origin.SYNTHETIC, source_sha256="b" * 64)
+    synthetic.save()
+    study = Study.objects.create(title="Open study", status=Study.Status.OPEN)
+    for position, image in enumerate([real, synthetic]):
+        Presentation.objects.create(study=study, reader=reader, image=image, position=position)
+    return study
+
+
+def image_url(presentation):
+    return f"/p/{presentation.pk}/image"
+
+
+def test_real_and_synthetic_images_are_served_with_identical_headers(client, reader, study):
+    client.force_login(reader)
+    responses = [client.get(image_url(p)) for p in study.presentations.all()]
+    assert [r.status_code for r in responses] == [200, 200]
+    headers = [{k: v for k, v in r.headers.items() if k != "Content-Length"} for r in responses]
+    assert headers[0] == headers[1]
+    assert headers[0]["Content-Type"] == "image/png"
+    assert headers[0]["Cache-Control"] == "private, no-store"
+    for name in ["Last-Modified", "ETag", "Content-Disposition", "Expires"]:
+        assert name not in responses[0].headers
+    assert [png_chunk_types(r.content) for r in responses] == [["IHDR", "IDAT", "IEND"]] * 2
+
+
+def test_the_url_carries_neither_the_image_id_nor_its_file_name(client, reader, study):
+    for presentation in study.presentations.all():
+        url = image_url(presentation)
+        assert str(presentation.image_id) not in url.split("/")
+        assert presentation.image.file.name not in url
+        assert "patient_0042" not in url
+
+
+@pytest.mark.parametrize("who", ["anonymous", "outsider", "researcher"])
+def test_it_rejects_anyone_but_the_assigned_reader(client, study, who, request):
+    if who != "anonymous":
+        client.force_login(request.getfixturevalue(who))
+    for presentation in study.presentations.all():
+        assert client.get(image_url(presentation)).status_code == 404
+
+
+@pytest.mark.parametrize("status", ["draft", "ready", "closed"])
+def test_it_serves_nothing_while_the_study_is_not_open(client, reader, study, status):
+    Study.objects.filter(pk=study.pk).update(status=status)
+    client.force_login(reader)
+    assert client.get(image_url(study.presentations.first())).status_code == 404
+
+
+def test_an_unknown_id_is_the_same_404(client, reader, study):
+    client.force_login(reader)
+    assert client.get(f"/p/{uuid.uuid4()}/image").status_code == 404
+    assert client.get("/p/not-a-uuid/image").status_code == 404
+
+
+def test_nginx_can_send_the_file_behind_a_setting(client, reader, study, settings):
+    settings.READER_IMAGE_ACCEL_PREFIX = "/protected-media/"
+    client.force_login(reader)
+    presentation = study.presentations.first()
+    response = client.get(image_url(presentation))
+    assert response["X-Accel-Redirect"] == "/protected-media/" + presentation.image.file.name
+    assert response.content == b""
+    assert response["Cache-Control"] == "private, no-store"
+
+
+def test_two_images_of_different_origin_are_the_same_kind_of_file(study):
+    real, synthetic = (p.image for p in study.presentations.all())
+    assert (real.size, synthetic.size) == (512, 512)
+    real_bytes, synthetic_bytes = real.file.open("rb").read(), synthetic.file.open("rb").read()
+    # Signature, IHDR (size, bit depth, colour type, filter, interlace) and IDAT's tag.
+    assert real_bytes[:33] == synthetic_bytes[:33]
+    assert real_bytes[37:41] == synthetic_bytes[37:41] == b"IDAT"
