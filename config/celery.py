@@ -24,8 +24,12 @@ def configure(app: Celery) -> None:
         # The embedded broker: messages are files under var/broker, so `make demo`
         # needs no broker server. Fanout (control_folder) lets /healthz ping workers.
         root = settings.CELERY_BROKER_DIR
-        folders = {"data_folder_in": root / "queue", "data_folder_out": root / "queue",
-                   "processed_folder": root / "processed", "control_folder": root / "control"}
+        folders = {
+            "data_folder_in": root / "queue",
+            "data_folder_out": root / "queue",
+            "processed_folder": root / "processed",
+            "control_folder": root / "control",
+        }
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
         transport_options.update({k: str(v) for k, v in folders.items()}, store_processed=False)
