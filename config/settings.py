@@ -5,12 +5,17 @@ DEBUG off. DJANGO_ENV=production turns on every deployment check and requires th
 secrets and hosts to be given.
 """
 
+import os
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from .env import env_bool, env_int, env_list, env_str, local_secret_key
+
+# Models are always loaded from local folders: never reach for the Hugging Face hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
@@ -174,8 +179,6 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        # pydicom logs each failed decoder with a traceback; the import reports the reason.
-        "pydicom": {"level": "CRITICAL"},
     },
 }
 
@@ -188,3 +191,9 @@ KEEP_ORIGINALS = env_bool("KEEP_ORIGINALS", True)
 # MEDIA_ROOT to let nginx send reader images; empty: Django sends them itself.
 READER_IMAGE_ACCEL_PREFIX = env_str("READER_IMAGE_ACCEL_PREFIX", "")
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DATA_UPLOAD_MAX_NUMBER_FILES", 1000)
+
+# --- Generation -----------------------------------------------------------------
+# Where models registered from a .zip are unpacked; must be readable by every GPU worker.
+MODELS_ROOT = Path(env_str("MODELS_ROOT", str(VAR_DIR / "models")))
+# Pipelines each worker process keeps loaded (least recently used goes first).
+PIPELINE_CACHE_SIZE = env_int("PIPELINE_CACHE_SIZE", 2)

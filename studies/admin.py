@@ -1,4 +1,6 @@
+from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import RequestDataTooBig, TooManyFilesSent
 from django.db.models import Count
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -33,7 +35,15 @@ class ImageSetAdmin(admin.ModelAdmin):
         image_set = get_object_or_404(ImageSet, pk=pk)
         if not self.has_change_permission(request, image_set):
             raise Http404
-        form = ImageUploadForm(request.POST or None, request.FILES or None)
+        try:
+            form = ImageUploadForm(request.POST or None, request.FILES or None)
+        except (TooManyFilesSent, RequestDataTooBig):
+            messages.error(
+                request,
+                f"Too many files in one upload (at most {settings.DATA_UPLOAD_MAX_NUMBER_FILES}): "
+                "put them in a .zip, or upload them in parts.",
+            )
+            return redirect("admin:studies_imageset_import", pk)
         if request.method == "POST" and form.is_valid():
             job = import_job_create(
                 image_set=image_set, files=form.cleaned_data["files"], findings=form.cleaned_data["findings"]

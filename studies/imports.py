@@ -6,8 +6,10 @@ as it happens. Zips are read one member at a time, so memory stays flat.
 """
 
 import csv
+import json
 import shutil
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,17 +60,17 @@ def _read_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _zip_member_reader(archive: Path, info: zipfile.ZipInfo) -> Callable[[], bytes]:
+def _zip_member_reader(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], bytes]:
     def read() -> bytes:
         if info.flag_bits & 0x1:
             raise ImageRefused("encrypted zip member: unpack it first")
         if info.file_size > MAX_FILE_BYTES:
             raise ImageRefused(f"file too large ({info.file_size / 2**20:.0f} MB unpacked)")
         try:
-            with zipfile.ZipFile(archive) as zf, zf.open(info) as member:
+            with zf.open(info) as member:
                 # The header's size can lie: never read more than the limit.
                 data = member.read(MAX_FILE_BYTES + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, zlib.error) as exc:
             raise ImageRefused(f"damaged zip member ({exc})") from None
         if len(data) > MAX_FILE_BYTES:
             raise ImageRefused("file too large once unpacked")
@@ -77,20 +79,23 @@ def _zip_member_reader(archive: Path, info: zipfile.ZipInfo) -> Callable[[], byt
     return read
 
 
+def _zip_members(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    return [i for i in zf.infolist() if not i.is_dir() and not _is_junk(Path(i.filename))]
+
+
 def _zip_sources(archive: Path, label: str) -> Iterator[Source]:
+    """The members of a zip, opened once; each is read only when its turn comes."""
     try:
-        with zipfile.ZipFile(archive) as zf:
-            members = [i for i in zf.infolist() if not i.is_dir()]
+        zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
         raise Unreadable(f"not a readable zip file ({exc})") from None
-    for info in members:
-        inner = Path(info.filename)
-        if _is_junk(inner):
-            continue
-        if inner.suffix.lower() == ".zip":
-            yield Source(f"{label}/{info.filename}", _refuse("a zip inside a zip: unpack it first"))
-            continue
-        yield Source(f"{label}/{info.filename}", _zip_member_reader(archive, info))
+    with zf:
+        for info in _zip_members(zf):
+            name = f"{label}/{info.filename}"
+            if Path(info.filename).suffix.lower() == ".zip":
+                yield Source(name, _refuse("a zip inside a zip: unpack it first"))
+            else:
+                yield Source(name, _zip_member_reader(zf, info))
 
 
 def _refuse(reason: str) -> Callable[[], bytes]:
@@ -100,19 +105,47 @@ def _refuse(reason: str) -> Callable[[], bytes]:
     return read
 
 
-def sources_from_paths(paths: Iterable[str | Path]) -> Iterator[Source]:
-    """Every importable file under the given files, folders (recursively) and zips."""
+def _files(paths: Iterable[str | Path]) -> Iterator[tuple[Path, str]]:
     for given in paths:
         path = Path(given)
-        if not path.exists():
-            yield Source(str(given), _refuse("no such file or folder"))
-        elif path.is_dir():
+        if path.is_dir():
             for child in sorted(path.rglob("*")):
                 relative = child.relative_to(path)
                 if child.is_file() and not _is_junk(relative):
-                    yield from _file_sources(child, f"{path.name}/{relative}")
+                    yield child, f"{path.name}/{relative}"
         else:
-            yield from _file_sources(path, str(given))
+            yield path, str(given)
+
+
+def sources_from_paths(
+    paths: Iterable[str | Path], labels: dict[Path, str] | None = None
+) -> Iterator[Source]:
+    """Every importable file under the given files, folders (recursively) and zips, lazily.
+
+    `labels` names files as the researcher knows them (admin uploads are stored
+    under index names).
+    """
+    for path, label in _files(paths):
+        label = (labels or {}).get(path, label)
+        if not path.exists():
+            yield Source(label, _refuse("no such file or folder"))
+        else:
+            yield from _file_sources(path, label)
+
+
+def count_sources(paths: Iterable[str | Path]) -> int:
+    """How many sources `sources_from_paths` will give, without reading any file."""
+    total = 0
+    for path, _ in _files(paths):
+        if path.suffix.lower() == ".zip" and path.is_file():
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    total += len(_zip_members(zf))
+                continue
+            except (zipfile.BadZipFile, OSError):
+                pass
+        total += 1
+    return total
 
 
 def _file_sources(path: Path, label: str) -> Iterator[Source]:
@@ -170,14 +203,17 @@ def image_import(*, image_set: ImageSet, source: Source, finding: str = "") -> O
         decoded = decode(data)
     except ImageRefused as exc:
         return Outcome(source.name, Status.REFUSED, str(exc))
-    image = image_build(
-        decoded=decoded,
-        origin=Image.Origin.REAL,
-        image_set=image_set,
-        source_sha256=digest,
-        source_name=source.name[:500],
-        finding=finding[:500],
-    )
+    try:
+        image = image_build(
+            decoded=decoded,
+            origin=Image.Origin.REAL,
+            image_set=image_set,
+            source_sha256=digest,
+            source_name=source.name[:500],
+            finding=finding[:500],
+        )
+    except ValueError as exc:  # the normaliser's own checks: still this file's problem only
+        return Outcome(source.name, Status.REFUSED, f"cannot be normalised ({exc})")
     if settings.KEEP_ORIGINALS:
         file_write(image.original, data)
     try:
@@ -188,7 +224,13 @@ def image_import(*, image_set: ImageSet, source: Source, finding: str = "") -> O
         files_delete(image)
         existing = _same_file(image_set, digest)
         return Outcome(source.name, Status.DUPLICATE, f"same file as {existing.source_name}", existing)
-    return Outcome(source.name, Status.IMPORTED, image=image)
+    note = ""
+    if min(decoded.width, decoded.height) < image.size:
+        note = (
+            f"enlarged from {min(decoded.width, decoded.height)} to {image.size} pixels: it may look softer "
+            "than images that were not (the blinding audit measures sharpness)"
+        )
+    return Outcome(source.name, Status.IMPORTED, note, image=image)
 
 
 def _same_file(image_set: ImageSet, digest: str) -> Image | None:
@@ -215,6 +257,9 @@ def upload_dir(job: ImportJob) -> Path:
     return settings.MEDIA_ROOT / job.upload_dir
 
 
+MANIFEST = "manifest.json"
+
+
 def import_job_run(*, job_id: int) -> None:
     """Import an uploaded job's files, recording each result; safe to run twice."""
     job = ImportJob.objects.select_related("image_set").get(pk=job_id)
@@ -222,19 +267,19 @@ def import_job_run(*, job_id: int) -> None:
         return
     folder = upload_dir(job)
     findings_path = folder / "findings.csv"
-    files = folder / "files"
     try:
         findings = load_findings(findings_path) if findings_path.exists() else {}
-        sources = list(sources_from_paths(sorted(files.iterdir()) if files.exists() else []))
-    except ValueError as exc:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (ValueError, OSError) as exc:
         _job_finish(job, ImportJob.Status.FAILED, str(exc))
         return
-    sources = [Source(_upload_label(s.name, files), s.read) for s in sources]
+    files = [folder / "files" / stored for stored in manifest]
+    labels = {folder / "files" / stored: name for stored, name in manifest.items()}
     done = set(job.results.values_list("name", flat=True))
     ImportJob.objects.filter(pk=job.pk).update(
-        status=ImportJob.Status.RUNNING, total=len(sources), done=len(done)
+        status=ImportJob.Status.RUNNING, total=count_sources(files), done=len(done)
     )
-    todo = [s for s in sources if s.name not in done]
+    todo = (s for s in sources_from_paths(files, labels) if s.name[:500] not in done)
     try:
         for outcome in images_import(image_set=job.image_set, sources=todo, findings=findings):
             ImportResult.objects.get_or_create(
@@ -250,11 +295,6 @@ def import_job_run(*, job_id: int) -> None:
         _job_finish(job, ImportJob.Status.FAILED, message[:2000], keep_upload=True)
         raise
     _job_finish(job, ImportJob.Status.DONE, "")
-
-
-def _upload_label(name: str, files: Path) -> str:
-    prefix = str(files) + "/"
-    return name[len(prefix) :] if name.startswith(prefix) else name
 
 
 def _job_finish(job: ImportJob, status: str, error: str, *, keep_upload: bool = False) -> None:

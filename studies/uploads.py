@@ -1,22 +1,35 @@
 """Taking files uploaded in the admin into an import job for a worker."""
 
+import json
+import re
 import secrets
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.utils.text import get_valid_filename
 
+from .imports import MANIFEST
 from .models import ImageSet, ImportJob
 from .tasks import run_import_job
 
+SAFE_SUFFIX = re.compile(r"\.[a-z0-9]{1,8}")
 
-def _unique(folder: Path, name: str) -> Path:
-    safe = get_valid_filename(Path(name).name) or "file"
-    path, n = folder / safe, 1
-    while path.exists():
-        path, n = folder / f"{Path(safe).stem}-{n}{Path(safe).suffix}", n + 1
-    return path
+
+def _stored_name(index: int, original: str) -> str:
+    # Stored under an index: no name an uploader chose ever becomes a path. The
+    # suffix stays, because a .zip is read as an archive.
+    suffix = Path(original).suffix.lower()
+    if not SAFE_SUFFIX.fullmatch(suffix):
+        suffix = ""
+    return f"{index:05d}{suffix}"
+
+
+def _label(original: str, taken: set[str]) -> str:
+    label, n = original or "unnamed", 2
+    while label in taken:  # two uploads of the same name keep two results
+        label, n = f"{original} ({n})", n + 1
+    taken.add(label)
+    return label
 
 
 @transaction.atomic
@@ -25,10 +38,14 @@ def import_job_create(*, image_set: ImageSet, files, findings=None) -> ImportJob
     relative = f"uploads/{secrets.token_hex(16)}"
     folder = settings.MEDIA_ROOT / relative / "files"
     folder.mkdir(parents=True)
-    for upload in files:
-        with open(_unique(folder, upload.name), "wb") as out:
+    manifest, taken = {}, set()
+    for index, upload in enumerate(files, start=1):
+        stored = _stored_name(index, upload.name)
+        with open(folder / stored, "wb") as out:
             for chunk in upload.chunks():
                 out.write(chunk)
+        manifest[stored] = _label(upload.name, taken)
+    (folder.parent / MANIFEST).write_text(json.dumps(manifest, indent=1))
     if findings is not None:
         with open(folder.parent / "findings.csv", "wb") as out:
             for chunk in findings.chunks():

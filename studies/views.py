@@ -1,12 +1,16 @@
 """Reader-facing pages. Views stay thin: parse, call a service or selector, render."""
 
+import logging
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from .selectors import presentation_for_reader
+
+logger = logging.getLogger(__name__)
 
 
 def home(request):
@@ -29,7 +33,11 @@ def presentation_image(request, presentation_id):
         response = HttpResponse(content_type="image/png")
         response["X-Accel-Redirect"] = settings.READER_IMAGE_ACCEL_PREFIX + image.file.name
     else:
-        with image.file.open("rb") as f:
-            response = HttpResponse(f.read(), content_type="image/png")
+        try:
+            with image.file.open("rb") as f:
+                response = HttpResponse(f.read(), content_type="image/png")
+        except FileNotFoundError:
+            logger.error("The file of image %s is missing from MEDIA_ROOT", image.pk)
+            raise Http404 from None
     response["Cache-Control"] = "private, no-store"
     return response

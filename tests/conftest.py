@@ -80,49 +80,71 @@ def wait_for_worker(hostname: str, process: subprocess.Popen, timeout: float = 6
     raise RuntimeError(f"the worker {hostname} did not answer within {timeout} s")
 
 
-@pytest.fixture
-def celery_worker_process(transactional_db, tmp_path):
-    """A real `celery -A config worker` process, consuming both queues.
+class Workers:
+    """Starts real `celery -A config worker` processes and stops them at the end of the test."""
 
-    The test's rows must be committed for the worker to see them, hence the
-    transactional database. Leftover messages from earlier tests are purged first.
-    """
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+        self.started: list[tuple[subprocess.Popen, object]] = []
+
+    def start(self, **env) -> tuple[str, subprocess.Popen]:
+        hostname = f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+        log = open(self.log_dir / f"{hostname}.log", "w+")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                "gpu,default",
+                "--concurrency",
+                "1",
+                "--hostname",
+                hostname,
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=settings.BASE_DIR,
+            env={**worker_environment(), **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so a test can kill it with its children
+        )
+        self.started.append((process, log))
+        wait_for_worker(hostname, process)
+        return hostname, process
+
+    def stop_all(self) -> None:
+        for process, log in self.started:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, 9)
+                    process.wait()
+            log.seek(0)
+            sys.stdout.write(f"\n--- worker log ---\n{log.read()[-4000:]}\n")
+            log.close()
+
+
+@pytest.fixture
+def celery_workers(transactional_db, tmp_path):
+    """Real worker processes. The test's rows must be committed for a worker to see
+    them, hence the transactional database; leftover messages are purged first."""
     celery_app.control.purge()
-    hostname = f"test-{uuid.uuid4().hex[:8]}@%h"
-    log = open(tmp_path / "worker.log", "w+")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "gpu,default",
-            "--concurrency",
-            "1",
-            "--hostname",
-            hostname,
-            "--loglevel",
-            "INFO",
-        ],
-        cwd=settings.BASE_DIR,
-        env=worker_environment(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    resolved = hostname.replace("%h", socket.gethostname())
+    workers = Workers(tmp_path)
     try:
-        wait_for_worker(resolved, process)
-        yield resolved
+        yield workers
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.seek(0)
-        sys.stdout.write(f"\n--- worker log ---\n{log.read()[-4000:]}\n")
-        log.close()
+        workers.stop_all()
+
+
+@pytest.fixture
+def celery_worker_process(celery_workers):
+    """One real worker consuming both queues; its hostname."""
+    hostname, _ = celery_workers.start()
+    return hostname

@@ -6,14 +6,21 @@ one `ImageRefused` whose message a researcher can act on.
 """
 
 import io
+import logging
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import pydicom
 from PIL import Image, ImageOps
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_preamble
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+# pydicom sets its logger to WARNING when it is imported, after Django configured
+# logging; each failed decoder would then print a traceback. The refusal says why.
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 # A chest radiograph is at most ~4300 x 4300; mammograms reach ~4100 x 5600. Far
 # beyond that is a decompression bomb or an error, not a radiograph.
@@ -23,6 +30,9 @@ MAX_SIDE = 16_384
 # tell readers something about where it came from.
 MIN_SIDE = 256
 MAX_FILE_BYTES = 512 * 1024 * 1024
+# A deflated DICOM dataset is inflated whole by pydicom; a few MB could become many GB.
+MAX_INFLATED_BYTES = 256 * 1024 * 1024
+DEFLATED = "1.2.840.10008.1.2.1.99"
 
 PILLOW_FORMATS = ("PNG", "JPEG", "TIFF")
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -80,13 +90,20 @@ def decode(data: bytes) -> Decoded:
         with warnings.catch_warnings():
             # Decoders warn about every oddity of a file; the refusal reason is what counts.
             warnings.simplefilter("ignore")
-            return _decode_dicom(data) if kind == "DICOM" else _decode_pillow(data, kind)
+            decoded = _decode_dicom(data) if kind == "DICOM" else _decode_pillow(data, kind)
     except ImageRefused:
         raise
     except (MemoryError, RecursionError):
         raise ImageRefused(f"{kind} file could not be decoded within the memory limits") from None
     except Exception as exc:  # a malformed file can raise anything from a decoder
         raise ImageRefused(f"damaged or unreadable {kind} file ({_short(exc)})") from None
+    # Whatever the format and the path through it, only real, varied grey levels pass.
+    pixels = decoded.pixels
+    if not np.isfinite(pixels).all():
+        raise ImageRefused("pixel values that are not numbers (NaN or infinity), e.g. from a broken rescale")
+    if float(pixels.max()) - float(pixels.min()) < 1e-6:
+        raise ImageRefused("blank image (every pixel shows the same grey level)")
+    return decoded
 
 
 def _short(exc: Exception) -> str:
@@ -131,8 +148,25 @@ def _to_grey(rgb: np.ndarray) -> np.ndarray:
 # --- DICOM ------------------------------------------------------------------------
 
 
+def _check_deflated(data: bytes) -> None:
+    """Refuse a deflated dataset that would inflate beyond the limit, before pydicom inflates it."""
+    fp = io.BytesIO(data)
+    read_preamble(fp, force=False)
+    meta = pydicom.filereader._read_file_meta_info(fp)
+    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = inflater.decompress(data[fp.tell() :], MAX_INFLATED_BYTES + 1)
+    if len(inflated) > MAX_INFLATED_BYTES:
+        raise ImageRefused(
+            f"deflated DICOM that inflates to more than {MAX_INFLATED_BYTES // 2**20} MB "
+            "(a decompression bomb?)"
+        )
+
+
 def _decode_dicom(data: bytes) -> Decoded:
     try:
+        _check_deflated(data)
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
     except InvalidDicomError as exc:
         raise ImageRefused(f"not a valid DICOM file ({_short(exc)})") from None

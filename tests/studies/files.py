@@ -28,7 +28,7 @@ def jpeg(pixels: np.ndarray, mode: str = "L") -> bytes:
     return buf.getvalue()
 
 
-def dicom(tmp_path, seed: int = 0, size: int = 256, **kwargs) -> bytes:
+def dicom(tmp_path, seed: int = 0, size: int = 512, **kwargs) -> bytes:
     path = tmp_path / f"phantom-{seed}-{size}-{sorted(kwargs.items())}.dcm"
     write_dicom(path, phantom(seed, size), seed=seed, **kwargs)
     return path.read_bytes()

@@ -235,3 +235,48 @@ def test_a_multi_page_tiff_is_refused():
     pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
     with pytest.raises(ImageRefused, match="TIFF with 2 frames or pages"):
         decode(buf.getvalue())
+
+
+def test_a_deflated_dicom_bomb_is_refused_before_it_is_inflated(tmp_path):
+    """A few kB that would inflate to over 256 MB: refused from a bounded inflate."""
+    path = tmp_path / "plain.dcm"
+    write_dicom(path, phantom(1, 256), seed=1)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.add_new((0x0009, 0x0010), "LO", "BOMB")
+    ds.add_new((0x0009, 0x1000), "OB", b"\x00" * (300 * 2**20))
+    bomb = tmp_path / "bomb.dcm"
+    ds.save_as(bomb, enforce_file_format=True)
+    data = bomb.read_bytes()
+    assert len(data) < 2 * 2**20
+    with pytest.raises(ImageRefused, match="inflates to more than 256 MB"):
+        decode(data)
+
+
+def test_a_nan_rescale_slope_is_refused(tmp_path):
+    path = tmp_path / "nan.dcm"
+    write_dicom(path, phantom(1, 256), seed=1)
+    ds = pydicom.dcmread(path)
+    ds.RescaleSlope = "NaN"
+    ds.save_as(path)
+    with pytest.raises(ImageRefused, match="NaN or infinity"):
+        decode(path.read_bytes())
+
+
+def test_a_float_tiff_with_infinities_is_refused():
+    values = phantom(1, 256).astype(np.float32)
+    values[:20] = np.inf
+    buf = io.BytesIO()
+    Image.fromarray(values, mode="F").save(buf, "TIFF")
+    with pytest.raises(ImageRefused, match="NaN or infinity"):
+        decode(buf.getvalue())
+
+
+def test_a_window_that_leaves_every_pixel_white_is_refused_as_blank(tmp_path):
+    path = tmp_path / "w.dcm"
+    write_dicom(path, phantom(1, 256), seed=1)
+    ds = pydicom.dcmread(path)
+    ds.WindowCenter, ds.WindowWidth = -100000, 10
+    ds.save_as(path)
+    with pytest.raises(ImageRefused, match="blank image"):
+        decode(path.read_bytes())

@@ -4,6 +4,7 @@ import functools
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -56,4 +57,6 @@ def test_mutated_files_decode_or_are_refused_and_nothing_else(data):
         assert str(refusal)
     else:
         assert isinstance(result, Decoded)
-        assert result.pixels.ndim == 2 and result.pixels.dtype.name == "float32"
+        pixels = result.pixels
+        assert pixels.ndim == 2 and pixels.dtype.name == "float32"
+        assert np.isfinite(pixels).all() and 0.0 <= pixels.min() < pixels.max() <= 1.0

@@ -27,8 +27,8 @@ def folder(tmp_path):
     (root / "series").mkdir(parents=True)
     (root / "series" / "cxr_001.dcm").write_bytes(dicom(tmp_path, seed=1))
     (root / "series" / "cxr_002.dcm").write_bytes(dicom(tmp_path, seed=2, monochrome1=True))
-    (root / "cxr_003.png").write_bytes(png16(phantom(3, 300)))
-    (root / "cxr_004.jpg").write_bytes(jpeg(phantom(4, 300)))
+    (root / "cxr_003.png").write_bytes(png16(phantom(3, 600)))
+    (root / "cxr_004.jpg").write_bytes(jpeg(phantom(4, 600)))
     (root / "notes.png").write_text("not an image at all")
     (root / ".DS_Store").write_bytes(b"\x00\x01")
     return root
@@ -126,7 +126,14 @@ def test_stored_files_have_opaque_names_and_neutral_times(settings, folder):
         "MONOCHROME1",
         "DICOM",
     )
-    assert dicom_image.source_width == 256 and dicom_image.size == 512
+    assert dicom_image.source_width == 512 and dicom_image.size == 512
+
+
+def test_an_image_smaller_than_the_reader_size_is_imported_with_a_note(tmp_path):
+    (tmp_path / "small.png").write_bytes(png16(phantom(5, 300)))
+    out, error = run_import("--set", "small", str(tmp_path / "small.png"))
+    assert error is None
+    assert "(note: enlarged from 300 to 512 pixels: it may look softer" in out
 
 
 def test_originals_are_not_kept_when_the_setting_says_so(settings, folder):
@@ -142,7 +149,7 @@ def upload(name, data):
     return SimpleUploadedFile(name, data, content_type="application/octet-stream")
 
 
-def test_an_admin_upload_is_imported_with_a_result_per_file(tmp_path):
+def test_an_admin_upload_is_imported_with_a_result_per_file(tmp_path, media_root):
     image_set = ImageSet.objects.create(name="uploaded")
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
@@ -150,24 +157,30 @@ def test_an_admin_upload_is_imported_with_a_result_per_file(tmp_path):
     job = import_job_create(
         image_set=image_set,
         files=[
-            upload("../../etc/passwd.png", b"nope"),
-            upload("two.png", png16(phantom(22, 300))),
+            upload("chest 01 & notes.png", b"nope"),
+            upload("two.png", png16(phantom(22, 600))),
             upload("batch.zip", archive.getvalue()),
+            upload("empty.dcm", b""),
+            upload("two.png", png16(phantom(23, 600))),
         ],
         findings=upload("f.csv", b"file,finding\ntwo.png,effusion\n"),
     )
     import_job_run(job_id=job.pk)
     job.refresh_from_db()
-    assert (job.status, job.total, job.done) == ("done", 3, 3)
+    assert (job.status, job.total, job.done) == ("done", 5, 5)
     results = {r.name: (r.status, r.reason) for r in job.results.all()}
     assert results["two.png"] == ("imported", "")
+    assert results["two.png (2)"] == ("imported", "")
     assert results["batch.zip/one.dcm"] == ("imported", "")
-    assert results["passwd.png"][0] == "refused"
+    assert results["chest 01 & notes.png"] == ("refused", results["chest 01 & notes.png"][1])
+    assert "not a DICOM, PNG, JPEG or TIFF file" in results["chest 01 & notes.png"][1]
+    assert results["empty.dcm"] == ("refused", "empty file (0 bytes)")
     assert Image.objects.get(source_name="two.png").finding == "effusion"
-    assert not (tmp_path / "etc").exists()
-    # The upload is cleared once imported; running the job again changes nothing.
+    stored = sorted(p.name for p in (media_root / "uploads").rglob("*") if p.is_file())
+    assert stored == [], "the upload is cleared once imported"
+    # Running the job again changes nothing.
     import_job_run(job_id=job.pk)
-    assert job.results.count() == 3 and Image.objects.count() == 2
+    assert job.results.count() == 5 and Image.objects.count() == 3
 
 
 def test_the_admin_import_pages_work_for_staff(client, researcher, tmp_path):
@@ -178,7 +191,7 @@ def test_the_admin_import_pages_work_for_staff(client, researcher, tmp_path):
     assert form.status_code == 200 and 'type="file"' in form.content.decode()
     response = client.post(
         f"/admin/studies/imageset/{image_set.pk}/import/",
-        {"files": [upload("a.png", png16(phantom(31, 300)))]},
+        {"files": [upload("a.png", png16(phantom(31, 600)))]},
     )
     job = ImportJob.objects.get()
     assert response.status_code == 302 and response["Location"].endswith(f"/importjob/{job.pk}/change/")
@@ -225,7 +238,7 @@ def test_a_worker_imports_an_admin_upload(client, researcher, celery_worker_proc
 
 def test_a_failed_import_keeps_its_upload_and_can_be_retried(client, researcher, tmp_path):
     image_set = ImageSet.objects.create(name="retry")
-    job = import_job_create(image_set=image_set, files=[upload("a.png", png16(phantom(51, 300)))])
+    job = import_job_create(image_set=image_set, files=[upload("a.png", png16(phantom(51, 600)))])
     ImportJob.objects.filter(pk=job.pk).update(status="failed", error="The import stopped: OperationalError")
     client.force_login(researcher)
     response = client.post(
@@ -243,7 +256,7 @@ def test_a_bad_findings_csv_fails_the_upload_with_the_reason():
     image_set = ImageSet.objects.create(name="bad csv")
     job = import_job_create(
         image_set=image_set,
-        files=[upload("a.png", png16(phantom(52, 300)))],
+        files=[upload("a.png", png16(phantom(52, 600)))],
         findings=upload("f.csv", b"name,label\n"),
     )
     import_job_run(job_id=job.pk)

@@ -2,30 +2,34 @@
 
 import uuid
 
+import numpy as np
 import pytest
 
 from studies.images import image_build
-from studies.imaging.decode import decode
+from studies.imaging.decode import Decoded, decode
 from studies.imaging.normalise import png_chunk_types
+from studies.imaging.phantoms import phantom
 from studies.models import Image, ImageSet, Presentation, Study
-from tests.studies.files import dicom
+from tests.studies.files import png16
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def study(reader, tmp_path):
-    """An open study showing the reader one real and one synthetic image."""
+    """An open study showing the reader one real and one synthetic image, as unlike as
+    their sources get: a 2500-pixel portrait 16-bit PNG, and a model's 32-pixel floats."""
     image_set = ImageSet.objects.create(name="real")
     real = image_build(
-        decoded=decode(dicom(tmp_path, seed=1)),
+        decoded=decode(png16(phantom(1, 2500)[:, 300:2200])),
         origin=Image.Origin.REAL,
         image_set=image_set,
         source_sha256="a" * 64,
         source_name="patient_0042.dcm",
     )
     real.save()
-    generated = decode(dicom(tmp_path, seed=2))  # stands in for a diffusion model's pixels
+    pixels = np.random.default_rng(2).random((32, 32), dtype=np.float32)  # a tiny model's output
+    generated = Decoded(pixels=pixels, source_format="generated", width=32, height=32, bit_depth=32)
     synthetic = image_build(decoded=generated, origin=Image.Origin.SYNTHETIC, source_sha256="b" * 64)
     synthetic.save()
     study = Study.objects.create(title="Open study", status=Study.Status.OPEN)
@@ -78,6 +82,13 @@ def test_an_unknown_id_is_the_same_404(client, reader, study):
     client.force_login(reader)
     assert client.get(f"/p/{uuid.uuid4()}/image").status_code == 404
     assert client.get("/p/not-a-uuid/image").status_code == 404
+
+
+def test_a_missing_file_is_a_404_not_a_500(client, reader, study):
+    presentation = study.presentations.first()
+    presentation.image.file.delete(save=False)
+    client.force_login(reader)
+    assert client.get(image_url(presentation)).status_code == 404
 
 
 def test_nginx_can_send_the_file_behind_a_setting(client, reader, study, settings):

@@ -34,7 +34,8 @@ class Command(BaseCommand):
         ):
             counts[outcome.status] += 1
             if outcome.status == Status.IMPORTED:
-                self.stdout.write(f"imported   {outcome.name}")
+                note = f" (note: {outcome.reason})" if outcome.reason else ""
+                self.stdout.write(f"imported   {outcome.name}{note}")
             elif outcome.status == Status.DUPLICATE:
                 self.stdout.write(f"duplicate  {outcome.name} ({outcome.reason})")
             else:
