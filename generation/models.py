@@ -1,8 +1,9 @@
-"""Models of the generation app."""
+"""The model registry, versioned generation settings, jobs, and each image's provenance."""
 
 import uuid
 
 from django.db import models
+from django.db.models import Q
 
 
 class WorkerReport(models.Model):
@@ -30,3 +31,157 @@ class WorkerReport(models.Model):
 
     def __str__(self):
         return f"{self.hostname} ({self.device})"
+
+
+class GenerativeModel(models.Model):
+    """A diffusers pipeline folder that researchers trained, registered for generation."""
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    path = models.CharField(
+        max_length=1000, help_text="Folder with model_index.json, on storage that every GPU worker reads."
+    )
+    pipeline_class = models.CharField(max_length=100)
+    lora_path = models.CharField(max_length=1000, blank=True, help_text="Optional LoRA adapter.")
+    native_size = models.PositiveIntegerField(help_text="Side of the images the pipeline makes by default.")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def current_version(self) -> "ModelVersion":
+        return self.versions.order_by("-number").first()
+
+
+class ModelVersion(models.Model):
+    """One set of generation settings. Frozen once an image was made with it: a change
+    then makes the next version, so every image points at the settings that made it."""
+
+    class Scheduler(models.TextChoices):
+        PIPELINE = "", "the pipeline's own"
+        DDPM = "ddpm", "DDPM"
+        DDIM = "ddim", "DDIM"
+        DPMPP = "dpmpp", "DPM-Solver++"
+        UNIPC = "unipc", "UniPC"
+        EULER = "euler", "Euler"
+
+    class Dtype(models.TextChoices):
+        AUTO = "auto", "auto (bf16 or fp16 on GPU, fp32 on CPU)"
+        FLOAT32 = "float32"
+        FLOAT16 = "float16"
+        BFLOAT16 = "bfloat16"
+
+    model = models.ForeignKey(GenerativeModel, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    scheduler = models.CharField(max_length=16, choices=Scheduler.choices, blank=True, default="")
+    steps = models.PositiveIntegerField(default=50)
+    guidance = models.FloatField(default=7.5, help_text="Classifier-free guidance; text models only.")
+    size = models.PositiveIntegerField(default=0, help_text="Output side in pixels; 0 for the model's own.")
+    prompts = models.JSONField(default=list, blank=True, help_text="Text models: images are spread evenly.")
+    negative_prompt = models.TextField(blank=True)
+    lora_scale = models.FloatField(default=1.0)
+    dtype = models.CharField(max_length=16, choices=Dtype.choices, default=Dtype.AUTO)
+    batch_size = models.PositiveIntegerField(default=4, help_text="Images per GPU task.")
+    created = models.DateTimeField(auto_now_add=True)
+
+    SETTINGS = [
+        "scheduler",
+        "steps",
+        "guidance",
+        "size",
+        "prompts",
+        "negative_prompt",
+        "lora_scale",
+        "dtype",
+        "batch_size",
+    ]
+
+    class Meta:
+        ordering = ["model", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "number"], name="one_version_number_per_model"),
+            models.CheckConstraint(condition=Q(steps__gte=1) & Q(steps__lte=1000), name="steps_in_range"),
+            models.CheckConstraint(condition=Q(batch_size__gte=1), name="batch_size_positive"),
+        ]
+
+    def __str__(self):
+        return f"{self.model.name} v{self.number}"
+
+    def settings_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.SETTINGS}
+
+    @property
+    def output_size(self) -> int:
+        """What the pipeline is asked for; unconditional pipelines make their own size only."""
+        if self.model.pipeline_class in ("DDPMPipeline", "DDIMPipeline", "LDMPipeline"):
+            return self.model.native_size
+        return self.size or self.model.native_size
+
+
+class GenerationJob(models.Model):
+    """Images to make with one model version: seeds base_seed .. base_seed + count - 1."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="jobs")
+    count = models.PositiveIntegerField()
+    base_seed = models.BigIntegerField(default=0)
+    is_preview = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [models.CheckConstraint(condition=Q(count__gte=1), name="job_count_positive")]
+
+    def __str__(self):
+        return f"{self.version}: {self.count} images from seed {self.base_seed}"
+
+    @property
+    def seeds(self) -> range:
+        return range(self.base_seed, self.base_seed + self.count)
+
+    def images(self):
+        """Every image of this job's seeds, whichever job made it."""
+        return GeneratedImage.objects.filter(
+            version=self.version, seed__gte=self.base_seed, seed__lt=self.base_seed + self.count
+        )
+
+
+class GeneratedImage(models.Model):
+    """Provenance of one synthetic image: exactly how it was made, for the methods section."""
+
+    image = models.OneToOneField("studies.Image", on_delete=models.PROTECT, related_name="generated")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="images")
+    job = models.ForeignKey(
+        GenerationJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="made"
+    )
+    seed = models.BigIntegerField(help_text="The image's seed: the job's base seed plus its index.")
+    used_seed = models.BigIntegerField(help_text="The seed of the pixels; differs if an output was remade.")
+    prompt = models.TextField(blank=True)
+    negative_prompt = models.TextField(blank=True)
+    seconds = models.FloatField(help_text="Generation time of this image (its share of the batch).")
+    provenance = models.JSONField(default=dict)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["version", "seed"]
+        constraints = [
+            # A chunk delivered twice (late acks, a killed worker) never duplicates an image.
+            models.UniqueConstraint(fields=["version", "seed"], name="one_image_per_version_and_seed"),
+        ]
+
+    def __str__(self):
+        return f"{self.version} seed {self.seed}"

@@ -1,8 +1,15 @@
-"""Writes of the generation app."""
+"""Writes of the generation app: worker reports, the model registry, versioned settings."""
 
 import uuid
+from pathlib import Path
 
-from .models import WorkerReport
+from django.conf import settings as django_settings
+from django.db import transaction
+
+from .models import GenerativeModel, ModelVersion, WorkerReport
+from .registry import ALLOWED_PIPELINES, ModelRefused, inspect_lora, inspect_pipeline, unpack_zip
+
+TEXT_PIPELINES = {name for name, text in ALLOWED_PIPELINES.items() if text}
 
 
 def describe_device() -> tuple[str, str]:
@@ -39,3 +46,75 @@ def worker_reports_request() -> uuid.UUID:
     request_id = uuid.uuid4()
     report_worker.delay_on_commit(str(request_id))
     return request_id
+
+
+# --- The model registry --------------------------------------------------------------
+
+
+@transaction.atomic
+def model_register(
+    *, name: str, path: str, lora_path: str = "", description: str = "", **settings
+) -> GenerativeModel:
+    """Check the pipeline folder (or .zip) and register it with its first settings version."""
+    if GenerativeModel.objects.filter(name=name).exists():
+        raise ModelRefused(f"a model named {name!r} is already registered")
+    folder = Path(path)
+    if folder.suffix.lower() == ".zip" and folder.is_file():
+        folder = unpack_zip(folder, django_settings.MODELS_ROOT)
+    info = inspect_pipeline(folder)
+    lora = str(inspect_lora(lora_path, info.pipeline_class)) if lora_path else ""
+    if settings.get("prompts") and not info.text_conditioned:
+        raise ModelRefused(f"{info.pipeline_class} takes no prompt; leave the prompts out")
+    if info.text_conditioned and not settings.get("prompts"):
+        raise ModelRefused(f"{info.pipeline_class} is a text-to-image model: it needs at least one prompt")
+    model = GenerativeModel.objects.create(
+        name=name,
+        path=str(folder.resolve()),
+        pipeline_class=info.pipeline_class,
+        lora_path=lora,
+        native_size=info.native_size,
+        description=description,
+    )
+    ModelVersion.objects.create(model=model, number=1, **_checked(settings, text=info.text_conditioned))
+    return model
+
+
+def _checked(settings: dict, *, text: bool) -> dict:
+    unknown = set(settings) - set(ModelVersion.SETTINGS)
+    if unknown:
+        raise ModelRefused(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    if "scheduler" in settings and settings["scheduler"] not in ModelVersion.Scheduler.values:
+        raise ModelRefused(
+            f"unknown scheduler {settings['scheduler']!r}; choose one of "
+            f"{', '.join(v for v in ModelVersion.Scheduler.values if v)}"
+        )
+    if "steps" in settings and not 1 <= int(settings["steps"]) <= 1000:
+        raise ModelRefused("steps must be between 1 and 1000")
+    if "size" in settings and settings["size"] and not 16 <= int(settings["size"]) <= 4096:
+        raise ModelRefused("size must be between 16 and 4096 pixels (or 0 for the model's own)")
+    if "batch_size" in settings and not 1 <= int(settings["batch_size"]) <= 256:
+        raise ModelRefused("batch size must be between 1 and 256")
+    if "prompts" in settings:
+        prompts = [str(p).strip() for p in settings["prompts"] or [] if str(p).strip()]
+        if text and not prompts:
+            raise ModelRefused("a text-to-image model needs at least one prompt")
+        settings = {**settings, "prompts": prompts}
+    return settings
+
+
+@transaction.atomic
+def model_settings_update(*, model: GenerativeModel, **settings) -> ModelVersion:
+    """Change generation settings. Settings that made images are frozen: a change then
+    starts the next version, so every image keeps pointing at what made it."""
+    current = ModelVersion.objects.select_for_update().filter(model=model).order_by("-number").first()
+    settings = _checked(settings, text=model.pipeline_class in TEXT_PIPELINES)
+    changed = {k: v for k, v in settings.items() if getattr(current, k) != v}
+    if not changed:
+        return current
+    if not current.images.exists():
+        for key, value in changed.items():
+            setattr(current, key, value)
+        current.save()
+        return current
+    fields = {**current.settings_dict(), **changed}
+    return ModelVersion.objects.create(model=model, number=current.number + 1, **fields)
