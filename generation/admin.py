@@ -1,10 +1,17 @@
 from django.contrib import admin, messages
-from django.shortcuts import redirect
-from django.urls import path
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from .models import WorkerReport
-from .services import worker_reports_request
+from .forms import GenerateForm, GenerativeModelForm
+from .jobs import job_cancel, job_launch, job_progress, job_retry
+from .models import GeneratedImage, GenerationJob, GenerativeModel, ModelVersion, WorkerReport
+from .registry import ModelRefused
+from .services import model_register, model_settings_update, worker_reports_request
+
+PREVIEW_COUNT = 4
 
 
 @admin.register(WorkerReport)
@@ -27,3 +34,200 @@ class WorkerReportAdmin(admin.ModelAdmin):
         worker_reports_request()
         messages.info(request, "Asked a GPU worker to report. Reload this page in a few seconds.")
         return redirect("admin:generation_workerreport_changelist")
+
+
+class ModelVersionInline(admin.TabularInline):
+    model = ModelVersion
+    fields = [
+        "number",
+        "scheduler",
+        "steps",
+        "guidance",
+        "size",
+        "prompts",
+        "negative_prompt",
+        "lora_scale",
+        "dtype",
+        "batch_size",
+        "image_count",
+        "created",
+    ]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ["-number"]
+    verbose_name_plural = "Versions (settings that made images are frozen; a change makes a new version)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Images")
+    def image_count(self, obj):
+        return obj.images.count()
+
+
+@admin.register(GenerativeModel)
+class GenerativeModelAdmin(admin.ModelAdmin):
+    form = GenerativeModelForm
+    list_display = ["name", "pipeline_class", "native_size", "version_number", "image_count", "created"]
+    readonly_fields = ["pipeline_class", "native_size", "preview"]
+    inlines = [ModelVersionInline]
+    change_form_template = "admin/generation/generativemodel/change_form.html"
+
+    def get_fieldsets(self, request, obj=None):
+        settings = [
+            "scheduler",
+            "steps",
+            "guidance",
+            "size",
+            "prompts",
+            "negative_prompt",
+            "lora_scale",
+            "dtype",
+            "batch_size",
+        ]
+        first = ["name", "description", "path", "lora_path"] + (
+            ["pipeline_class", "native_size"] if obj else []
+        )
+        sets = [(None, {"fields": first}), ("Generation settings", {"fields": settings})]
+        if obj:
+            sets.append(("Preview", {"fields": ["preview"]}))
+        return sets
+
+    @admin.display(description="Version")
+    def version_number(self, obj):
+        return obj.current_version.number
+
+    @admin.display(description="Images")
+    def image_count(self, obj):
+        return GeneratedImage.objects.filter(version__model=obj).count()
+
+    @admin.display(description="Preview (seeds 0 to 3 of the current version)")
+    def preview(self, obj):
+        images = list(
+            GeneratedImage.objects.filter(version=obj.current_version, seed__lt=PREVIEW_COUNT, seed__gte=0)
+            .select_related("image")
+            .order_by("seed")
+        )
+        if not images:
+            return "No preview yet: press “Preview” above."
+        return format_html(
+            "".join(
+                '<img src="{}" alt="seed {}" width="192" height="192" style="margin-right:6px">'
+                for _ in images
+            ),
+            *[
+                part
+                for g in images
+                for part in (reverse("admin:studies_image_png", args=[g.image_id]), g.seed)
+            ],
+        )
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save()
+            version = model_settings_update(model=obj, **form.settings())
+            messages.info(request, f"Generation settings are now version {version.number}.")
+            return
+        try:
+            registered = model_register(
+                name=obj.name,
+                path=obj.path,
+                lora_path=obj.lora_path,
+                description=obj.description,
+                **form.settings(),
+            )
+        except ModelRefused as exc:
+            messages.error(request, f"Refused: {exc}")
+            raise
+        obj.pk = registered.pk
+        obj.refresh_from_db()
+
+    def add_view(self, request, form_url="", extra_context=None):
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except ModelRefused:
+            return redirect("admin:generation_generativemodel_add")
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/preview/", wrap(require_POST(self.preview_view)), name="generation_model_preview"),
+            path("<int:pk>/generate/", wrap(self.generate_view), name="generation_model_generate"),
+            *super().get_urls(),
+        ]
+
+    def preview_view(self, request, pk):
+        model = get_object_or_404(GenerativeModel, pk=pk)
+        job = job_launch(version=model.current_version, count=PREVIEW_COUNT, base_seed=0, is_preview=True)
+        messages.info(request, "A worker is making the preview; it appears here when done.")
+        return redirect("admin:generation_generationjob_change", job.pk)
+
+    def generate_view(self, request, pk):
+        model = get_object_or_404(GenerativeModel, pk=pk)
+        form = GenerateForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            job = job_launch(
+                version=model.current_version,
+                count=form.cleaned_data["count"],
+                base_seed=form.cleaned_data["seed"],
+            )
+            return redirect("admin:generation_generationjob_change", job.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "form": form,
+            "model": model,
+            "opts": self.model._meta,
+            "title": f"Generate images with {model}",
+        }
+        return TemplateResponse(request, "admin/generation/generativemodel/generate.html", context)
+
+
+@admin.register(GenerationJob)
+class GenerationJobAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "status", "progress", "created", "finished"]
+    list_filter = ["status", "version__model"]
+    fields = [
+        "version",
+        "count",
+        "base_seed",
+        "is_preview",
+        "status",
+        "error",
+        "created",
+        "started",
+        "finished",
+    ]
+    readonly_fields = fields
+    actions = ["cancel", "retry"]
+    change_form_template = "admin/generation/generationjob/change_form.html"
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="Progress")
+    def progress(self, obj):
+        p = job_progress(obj)
+        return format_html(
+            '<progress max="{}" value="{}"></progress> {} / {}', p.total, p.done, p.done, p.total
+        )
+
+    @admin.action(description="Cancel the selected jobs")
+    def cancel(self, request, queryset):
+        n = sum(job_cancel(job=job) for job in queryset)
+        messages.info(request, f"{n} job(s) cancelled.")
+
+    @admin.action(description="Retry the selected failed or cancelled jobs (makes only what is missing)")
+    def retry(self, request, queryset):
+        n = sum(job_retry(job=job) for job in queryset)
+        messages.info(request, f"{n} job(s) queued again.")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        extra = {"job": job}
+        if job:
+            extra["progress"] = job_progress(job)
+            extra["images"] = (
+                job.images().select_related("image").order_by("seed")[:8] if job.is_preview else []
+            )
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})

@@ -1,0 +1,269 @@
+"""Generation jobs: split into chunk tasks on the `gpu` queue, run idempotently, survived.
+
+A job's images are seeds base_seed .. base_seed + count - 1 of one model version.
+Each chunk task makes the seeds of its chunk that have no image yet, so a chunk
+delivered twice, or a job retried, never duplicates or loses an image; the
+database's uniqueness on (version, seed) settles any race.
+"""
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from studies.images import files_delete, image_build
+from studies.imaging.decode import Decoded
+from studies.models import Image
+
+from .models import GeneratedImage, GenerationJob, ModelVersion
+
+Status = GenerationJob.Status
+# Seeds of remade outputs: far from any seed a job would ask for.
+REMAKE_OFFSET = 2**40
+MAX_REMAKES = 3
+
+
+def next_free_seed(version: ModelVersion) -> int:
+    top = version.images.aggregate(top=Max("seed"))["top"]
+    return 0 if top is None else top + 1
+
+
+def missing_seeds(version: ModelVersion, seeds) -> list[int]:
+    seeds = list(seeds)
+    if not seeds:
+        return []
+    made = set(
+        GeneratedImage.objects.filter(
+            version=version, seed__gte=min(seeds), seed__lte=max(seeds)
+        ).values_list("seed", flat=True)
+    )
+    return [seed for seed in seeds if seed not in made]
+
+
+@transaction.atomic
+def job_launch(*, version: ModelVersion, count: int, base_seed: int | None = None, is_preview=False):
+    """Create a job and queue one task per batch of its missing seeds (after commit)."""
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    if base_seed is None:
+        base_seed = next_free_seed(version)
+    job = GenerationJob.objects.create(
+        version=version, count=count, base_seed=base_seed, is_preview=is_preview
+    )
+    _enqueue_missing(job)
+    return job
+
+
+def _enqueue_missing(job: GenerationJob) -> None:
+    from .tasks import generate_chunk
+
+    missing = missing_seeds(job.version, job.seeds)
+    if not missing:
+        GenerationJob.objects.filter(pk=job.pk).update(status=Status.DONE, finished=timezone.now())
+        return
+    size = job.version.batch_size
+    for start in range(0, len(missing), size):
+        generate_chunk.delay_on_commit(job.pk, missing[start : start + size])
+
+
+def job_cancel(*, job: GenerationJob) -> bool:
+    """Stop a queued or running job; chunks check before each batch."""
+    return bool(
+        GenerationJob.objects.filter(pk=job.pk, status__in=[Status.QUEUED, Status.RUNNING]).update(
+            status=Status.CANCELLED, finished=timezone.now()
+        )
+    )
+
+
+@transaction.atomic
+def job_retry(*, job: GenerationJob) -> bool:
+    """Run a failed or cancelled job again: only its missing images are made."""
+    updated = GenerationJob.objects.filter(pk=job.pk, status__in=[Status.FAILED, Status.CANCELLED]).update(
+        status=Status.QUEUED, error="", finished=None
+    )
+    if updated:
+        job.refresh_from_db()
+        _enqueue_missing(job)
+    return bool(updated)
+
+
+def _fail(job_id: int, message: str) -> None:
+    GenerationJob.objects.filter(pk=job_id, status__in=[Status.QUEUED, Status.RUNNING]).update(
+        status=Status.FAILED, error=message[:4000], finished=timezone.now()
+    )
+
+
+def _finish_if_complete(job: GenerationJob) -> None:
+    if job.images().count() >= job.count:
+        GenerationJob.objects.filter(pk=job.pk, status__in=[Status.QUEUED, Status.RUNNING]).update(
+            status=Status.DONE, finished=timezone.now()
+        )
+
+
+def _still_wanted(job_id: int) -> bool:
+    return GenerationJob.objects.filter(pk=job_id, status__in=[Status.QUEUED, Status.RUNNING]).exists()
+
+
+def prompt_for(version: ModelVersion, seed: int) -> str:
+    """Text models cycle through their prompts by seed, so a job spreads its images evenly."""
+    return version.prompts[seed % len(version.prompts)] if version.prompts else ""
+
+
+def chunk_run(*, job_id: int, seeds: list[int]) -> None:
+    """Make the images of these seeds that do not exist yet. Safe to run twice."""
+    from . import pipelines
+
+    job = GenerationJob.objects.select_related("version__model").get(pk=job_id)
+    if not _still_wanted(job_id):
+        return
+    GenerationJob.objects.filter(pk=job_id, status=Status.QUEUED).update(status=Status.RUNNING)
+    GenerationJob.objects.filter(pk=job_id, started__isnull=True).update(started=timezone.now())
+    version = job.version
+    todo = missing_seeds(version, seeds)
+    try:
+        loaded = pipelines.pipeline_for(version) if todo else None
+        batch = len(todo)
+        while todo:
+            if not _still_wanted(job_id):
+                return
+            part = todo[:batch]
+            try:
+                made = _make(loaded, version, part)
+            except pipelines.OutOfMemory:
+                if batch == 1:
+                    raise
+                batch = max(1, batch // 2)  # halve and try again, down to one image
+                continue
+            for outcome in made:
+                _record(job, version, outcome, loaded)
+            todo = todo[len(part) :]
+    except SoftTimeLimitExceeded:
+        _fail(job_id, f"A chunk ran past the time limit ({settings.CELERY_TASK_SOFT_TIME_LIMIT} s).")
+        return
+    except Exception as exc:
+        _fail(job_id, f"Generation failed on seeds {seeds[0]}..{seeds[-1]}: {type(exc).__name__}: {exc}")
+        raise
+    _finish_if_complete(job)
+
+
+@dataclass
+class Made:
+    seed: int
+    used_seed: int
+    prompt: str
+    grey: object
+    shape: tuple
+    seconds: float
+    remakes: list
+
+
+def _make(loaded, version: ModelVersion, seeds: list[int]) -> list[Made]:
+    """Generate a batch; any output that is not an image is remade with another seed."""
+    from . import pipelines
+
+    prompts = [prompt_for(version, seed) for seed in seeds]
+    start = time.perf_counter()
+    images = pipelines.generate(loaded, version, seeds=seeds, prompts=prompts)
+    per_image = (time.perf_counter() - start) / len(seeds)
+    made = []
+    for seed, prompt, image in zip(seeds, prompts, images, strict=True):
+        used, remakes, seconds = seed, [], per_image
+        while (problem := _not_an_image(image)) is not None:
+            if len(remakes) == MAX_REMAKES:
+                raise RuntimeError(f"seed {seed}: {problem} in {MAX_REMAKES + 1} tries")
+            remakes.append({"seed": used, "problem": problem})
+            used = seed + REMAKE_OFFSET * len(remakes)
+            start = time.perf_counter()
+            image = pipelines.generate(loaded, version, seeds=[used], prompts=[prompt])[0]
+            seconds += time.perf_counter() - start
+        made.append(Made(seed, used, prompt, pipelines.to_grey(image), image.shape, seconds, remakes))
+    return made
+
+
+def _not_an_image(image) -> str | None:
+    import numpy as np
+
+    if not np.isfinite(image).all():
+        return "NaN or infinite values"
+    if float(image.max()) < 1 / 255:
+        return "all black (a safety checker's blank?)"
+    return None
+
+
+def _record(job: GenerationJob, version: ModelVersion, made: Made, loaded) -> None:
+    from . import pipelines
+
+    grey = made.grey.astype("float32")
+    height, width = grey.shape
+    image = image_build(
+        decoded=Decoded(
+            pixels=grey.clip(0, 1), source_format="generated", width=width, height=height, bit_depth=32
+        ),
+        origin=Image.Origin.SYNTHETIC,
+        size=settings.READER_IMAGE_SIZE,
+        source_sha256=hashlib.sha256(grey.tobytes()).hexdigest(),
+        source_name=f"{version} seed {made.seed}",
+    )
+    scheduler = loaded.pipe.scheduler
+    provenance = {
+        **pipelines.describe(loaded),
+        "model": version.model.name,
+        "version": version.number,
+        "pipeline": version.model.pipeline_class,
+        "scheduler": type(scheduler).__name__,
+        "scheduler_config": dict(scheduler.config),
+        "steps": version.steps,
+        "guidance": version.guidance,
+        "lora_scale": version.lora_scale,
+        "output_shape": list(made.shape),
+        "remakes": made.remakes,
+    }
+    try:
+        with transaction.atomic():
+            image.save()
+            GeneratedImage.objects.create(
+                image=image,
+                version=version,
+                job=job,
+                seed=made.seed,
+                used_seed=made.used_seed,
+                prompt=made.prompt,
+                negative_prompt=version.negative_prompt,
+                seconds=made.seconds,
+                provenance=_jsonable(provenance),
+            )
+    except IntegrityError:
+        files_delete(image)  # another delivery of this chunk recorded it first
+
+
+def _jsonable(value):
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+    per_second: float | None
+    seconds_left: float | None
+
+
+def job_progress(job: GenerationJob) -> Progress:
+    done = job.images().count()
+    per_second = seconds_left = None
+    made = job.made.count()
+    if job.started and made:
+        end = job.finished or timezone.now()
+        elapsed = (end - job.started).total_seconds()
+        if elapsed > 0:
+            per_second = made / elapsed
+            if job.status in (Status.QUEUED, Status.RUNNING):
+                seconds_left = (job.count - done) / per_second
+    return Progress(done=done, total=job.count, per_second=per_second, seconds_left=seconds_left)

@@ -1,0 +1,201 @@
+"""Loading diffusers pipelines in a worker and calling them reproducibly.
+
+torch and diffusers are imported inside functions: the prefork parent of a
+Celery worker never imports them, so CUDA is initialised only in its children.
+"""
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+from django.conf import settings
+
+SCHEDULERS = {
+    "ddpm": ("DDPMScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpmpp": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+}
+UNCONDITIONAL = {"DDPMPipeline", "DDIMPipeline", "LDMPipeline"}
+NO_NEGATIVE_PROMPT = {"FluxPipeline", "LDMTextToImagePipeline"}
+# These cut the text context to the longest prompt of the batch, so an image would
+# depend on the other prompts in its batch: they are called once per distinct prompt.
+PROMPT_LENGTH_SENSITIVE = {"Kandinsky3Pipeline"}
+# Where each pipeline takes the LoRA scale at call time.
+LORA_SCALE_ARGUMENT = {
+    "StableDiffusionPipeline": "cross_attention_kwargs",
+    "StableDiffusionXLPipeline": "cross_attention_kwargs",
+    "FluxPipeline": "joint_attention_kwargs",
+}
+
+
+class OutOfMemory(Exception):
+    """The accelerator (or the host) ran out of memory for this batch."""
+
+
+@dataclass
+class Loaded:
+    pipe: object
+    device: str
+    dtype: str
+    scheduler_config: dict
+    notes: dict = field(default_factory=dict)  # what we changed on the pipeline, for provenance
+
+
+_cache: OrderedDict[tuple, Loaded] = OrderedDict()
+_lock = threading.Lock()
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    import torch
+
+    if device != "cuda":
+        return "float32"  # half precision on CPU is slow and poorly supported
+    if requested != "auto":
+        return requested
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def pipeline_for(version) -> Loaded:
+    """The loaded pipeline for this version's model, from a small per-process cache.
+
+    Keyed by what loading depends on (folder, LoRA, dtype), so a new version that
+    changes only steps or prompts reuses the loaded weights.
+    """
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = version.model
+    key = (model.path, model.lora_path, resolve_dtype(version.dtype, device))
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        loaded = _load(model, device, key[2])
+        _cache[key] = loaded
+        while len(_cache) > settings.PIPELINE_CACHE_SIZE:
+            _cache.popitem(last=False)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        return loaded
+
+
+def _load(model, device: str, dtype: str) -> Loaded:
+    import torch
+    import transformers
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    # Progress bars and load reports fill worker logs; failures still raise.
+    for logging in (diffusers_logging, transformers.utils.logging):
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
+
+    kwargs = {"local_files_only": True, "torch_dtype": getattr(torch, dtype)}
+    notes = {}
+    if model.pipeline_class == "StableDiffusionXLPipeline":
+        kwargs["add_watermarker"] = False  # an invisible watermark would tell synthetic images apart
+        notes["watermark"] = "disabled"
+    pipe = DiffusionPipeline.from_pretrained(model.path, **kwargs)
+    if getattr(pipe, "watermark", None) is not None:
+        pipe.watermark = None
+        notes["watermark"] = "disabled"
+    if model.lora_path:
+        pipe.load_lora_weights(model.lora_path)
+        notes["lora"] = model.lora_path
+    pipe.to(device)
+    if device == "cuda":
+        # PyTorch's SDPA attention is diffusers' default with torch 2; channels-last
+        # helps the convolutions of UNets and autoencoders on tensor cores.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        for name in ("unet", "vae", "vqvae", "movq"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+    pipe.set_progress_bar_config(disable=True)
+    return Loaded(
+        pipe=pipe, device=device, dtype=dtype, scheduler_config=dict(pipe.scheduler.config), notes=notes
+    )
+
+
+def fresh_scheduler(loaded: Loaded, name: str):
+    """A new scheduler object for each task: schedulers keep state between steps."""
+    import diffusers
+
+    base = type(loaded.pipe.scheduler)
+    if not name:
+        return base.from_config(loaded.scheduler_config)
+    cls_name, extra = SCHEDULERS[name]
+    return getattr(diffusers, cls_name).from_config(loaded.scheduler_config, **extra)
+
+
+def generate(loaded: Loaded, version, *, seeds: list[int], prompts: list[str]) -> np.ndarray:
+    """Images for these seeds, float32 (n, H, W, C) in [0, 1].
+
+    One CPU generator per image: image k depends on its own seed only, so it is
+    the same whatever batch it is made in and however a job is split.
+    """
+    if type(loaded.pipe).__name__ in PROMPT_LENGTH_SENSITIVE and len(set(prompts)) > 1:
+        out = [None] * len(seeds)
+        for prompt in dict.fromkeys(prompts):
+            where = [i for i, p in enumerate(prompts) if p == prompt]
+            images = _call(loaded, version, [seeds[i] for i in where], [prompt] * len(where))
+            for i, image in zip(where, images, strict=True):
+                out[i] = image
+        return np.stack(out)
+    return _call(loaded, version, seeds, prompts)
+
+
+def _call(loaded: Loaded, version, seeds: list[int], prompts: list[str]) -> np.ndarray:
+    import torch
+
+    pipe = loaded.pipe
+    pipe.scheduler = fresh_scheduler(loaded, version.scheduler)
+    cls = type(pipe).__name__
+    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+    kwargs = {"generator": generators, "num_inference_steps": version.steps, "output_type": "np"}
+    if cls in UNCONDITIONAL:
+        kwargs["batch_size"] = len(seeds)
+    else:
+        size = version.output_size
+        kwargs.update(prompt=prompts, guidance_scale=version.guidance, height=size, width=size)
+        if cls not in NO_NEGATIVE_PROMPT and version.negative_prompt:
+            kwargs["negative_prompt"] = [version.negative_prompt] * len(seeds)
+        if version.model.lora_path and cls in LORA_SCALE_ARGUMENT:
+            kwargs[LORA_SCALE_ARGUMENT[cls]] = {"scale": version.lora_scale}
+    try:
+        with torch.inference_mode():
+            images = pipe(**kwargs).images
+    except torch.cuda.OutOfMemoryError as exc:
+        torch.cuda.empty_cache()
+        raise OutOfMemory(str(exc)) from None
+    except RuntimeError as exc:
+        if "out of memory" in str(exc) or "can't allocate memory" in str(exc):
+            raise OutOfMemory(str(exc)) from None
+        raise
+    return np.asarray(images, dtype=np.float32)
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) in [0, 1] to (H, W) grey: radiographs are grey whatever the model makes."""
+    if image.ndim == 2:
+        return image
+    if image.shape[-1] == 1:
+        return image[..., 0]
+    return image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
+
+
+def describe(loaded: Loaded) -> dict:
+    import diffusers
+    import torch
+
+    device_name = torch.cuda.get_device_name(0) if loaded.device == "cuda" else "cpu"
+    return {
+        "device": device_name,
+        "dtype": loaded.dtype,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        **loaded.notes,
+    }

@@ -1,0 +1,100 @@
+"""Generation through real worker processes on Redis, including a worker killed mid-job."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings
+
+from generation.jobs import job_launch
+from generation.models import GeneratedImage, GenerationJob
+from generation.services import model_register
+from tests.conftest import worker_environment
+from tests.generation.models import built
+
+pytestmark = pytest.mark.services
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def test_generate_wait_runs_a_job_on_a_real_worker_and_shows_progress(celery_workers):
+    celery_workers.start()
+    model_register(
+        name="worker-sd", path=str(built("sd-clip")), steps=2, batch_size=2, prompts=["chest x ray"]
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "generate", "--model", "worker-sd", "--count", "5", "--wait"],
+        cwd=settings.BASE_DIR,
+        env=worker_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[##############################] 5/5" in result.stdout
+    assert "images/s" in result.stdout and "done." in result.stdout
+    assert GeneratedImage.objects.filter(version__model__name="worker-sd").count() == 5
+
+
+def test_generate_wait_exits_non_zero_when_the_job_fails(celery_workers, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from tests.generation.models import copy_of
+
+    celery_workers.start()
+    folder = copy_of("ddpm", tmp_path)
+    for weights in (folder / "unet").glob("*.safetensors"):
+        tensors = {
+            k: (v.fill_(float("nan")) if k.startswith("conv_out") else v)
+            for k, v in load_file(weights).items()
+        }
+        save_file(tensors, weights)
+    model_register(name="worker-nan", path=str(folder), steps=2)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "generate", "--model", "worker-nan", "--count", "2", "--wait"],
+        cwd=settings.BASE_DIR,
+        env=worker_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert (
+        "failed: Generation failed on seeds 0..1: RuntimeError: seed 0: NaN or infinite values"
+        in result.stderr
+    )
+
+
+def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(celery_workers):
+    """Kill the whole worker (main process and its child) in the middle of a job,
+    start another: the job ends with exactly N images. The broker hands the killed
+    worker's unacknowledged chunk to the new one after the visibility timeout,
+    shortened here (with the time limits below it) so the test does not wait an hour."""
+    limits = {
+        "CELERY_TASK_SOFT_TIME_LIMIT": "20",
+        "CELERY_TASK_TIME_LIMIT": "25",
+        "CELERY_BROKER_VISIBILITY_TIMEOUT": "30",
+    }
+    _, first = celery_workers.start(**limits)
+    model = model_register(name="killed", path=str(built("ddpm")), steps=40, batch_size=1)
+    count = 12
+    job = job_launch(version=model.current_version, count=count)
+    wait_until(
+        lambda: GeneratedImage.objects.filter(version=model.current_version).count() >= 3, 120, "three images"
+    )
+    os.killpg(first.pid, signal.SIGKILL)  # no warm shutdown: the chunk in hand is lost mid-way
+    first.wait()
+    celery_workers.start(**limits)
+    wait_until(lambda: GenerationJob.objects.get(pk=job.pk).status == "done", 240, "the job's end")
+    seeds = list(GeneratedImage.objects.filter(version=model.current_version).values_list("seed", flat=True))
+    assert sorted(seeds) == list(range(count))
