@@ -15,6 +15,8 @@ from django.db import transaction
 
 DEMO_PHANTOM_SET = "Demo phantoms (not clinical images)"
 DEMO_PHANTOM_COUNT = 24
+DEMO_MODEL = "Demo DDPM (random weights)"
+DEMO_MODEL_IMAGES = 24
 
 DEMO_ACCOUNTS = [
     ("researcher", "researcher", True),
@@ -68,3 +70,34 @@ def demo_accounts_ensure(*, credentials_path: Path) -> list[DemoAccount]:
         accounts.append(DemoAccount(username=username, role=role, password=password))
     _save(credentials_path, passwords)
     return accounts
+
+
+def demo_model_ensure(*, models_root: Path):
+    """Register the demo's generative model and queue its images, once.
+
+    A tiny DDPM with random weights, built here: no model can be downloaded, and
+    the app cannot train one yet. Its images are noise, and the demo says so.
+    """
+    from generation.jobs import job_launch
+    from generation.models import GenerativeModel
+    from generation.services import model_register
+    from generation.tiny import build_ddpm
+
+    model = GenerativeModel.objects.filter(name=DEMO_MODEL).first()
+    if model is None:
+        folder = models_root / "demo-ddpm"
+        if not (folder / "model_index.json").exists():
+            build_ddpm(folder, size=64)
+        model = model_register(
+            name=DEMO_MODEL,
+            path=str(folder),
+            steps=50,
+            batch_size=8,
+            description="A tiny DDPM with random weights, for the demo: it makes noise, not radiographs.",
+        )
+    version = model.current_version
+    if version.images.count() < DEMO_MODEL_IMAGES and not version.jobs.filter(
+        status__in=["queued", "running"]
+    ):
+        job_launch(version=version, count=DEMO_MODEL_IMAGES, base_seed=0)
+    return model

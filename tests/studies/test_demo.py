@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -58,6 +59,11 @@ def get(url):
         return error.code, error.read().decode()
 
 
+def demo_images(var) -> int:
+    with sqlite3.connect(var / "db.sqlite3", timeout=20) as db:
+        return db.execute("SELECT COUNT(*) FROM generation_generatedimage").fetchone()[0]
+
+
 def test_the_demo_serves_the_login_page_with_a_worker_and_stops_on_ctrl_c(tmp_path):
     """The demo as a user runs it: embedded SQLite and filesystem broker, no server."""
     port = free_port()
@@ -94,6 +100,11 @@ def test_the_demo_serves_the_login_page_with_a_worker_and_stops_on_ctrl_c(tmp_pa
         assert get(f"{base}/admin/login/")[0] == 200
         assert (tmp_path / "db.sqlite3").exists()
         assert (tmp_path / "broker").is_dir()
+        # The worker makes the demo model's images from the job the demo queued.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and demo_images(tmp_path) < 24:
+            time.sleep(1)
+        assert demo_images(tmp_path) == 24
     finally:
         demo.send_signal(signal.SIGINT)
         code = demo.wait(timeout=60)
@@ -106,6 +117,7 @@ def test_the_demo_serves_the_login_page_with_a_worker_and_stops_on_ctrl_c(tmp_pa
         assert f"{username:<10} password: {password}" in output
     assert "Stopped the web server and the worker." in output
     assert "24 imported" in output and "NOT clinical radiographs" in output
+    assert "Its weights are random, so its images are noise." in output
     with pytest.raises(OSError):
         get(f"{base}/accounts/login/")
 

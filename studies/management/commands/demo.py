@@ -13,7 +13,14 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from studies.demo import DEMO_PHANTOM_COUNT, DEMO_PHANTOM_SET, demo_accounts_ensure
+from studies.demo import (
+    DEMO_MODEL,
+    DEMO_MODEL_IMAGES,
+    DEMO_PHANTOM_COUNT,
+    DEMO_PHANTOM_SET,
+    demo_accounts_ensure,
+    demo_model_ensure,
+)
 from studies.models import ImageSet
 
 
@@ -33,6 +40,7 @@ class Command(BaseCommand):
             call_command(
                 "make_phantoms", set_name=DEMO_PHANTOM_SET, count=DEMO_PHANTOM_COUNT, stdout=self.stdout
             )
+        demo_model_ensure(models_root=settings.MODELS_ROOT)
         url = f"http://{addr}/"
         out = self.stdout
         out.write("")
@@ -42,6 +50,8 @@ class Command(BaseCommand):
         out.write(
             "  NOT clinical radiographs. Import your own with: python manage.py import_images --set NAME PATH"
         )
+        out.write(f"  Synthetic images: the model {DEMO_MODEL!r} makes {DEMO_MODEL_IMAGES} once the worker")
+        out.write("  runs (see Admin > Generation jobs). Its weights are random, so its images are noise.")
         out.write("  Accounts (saved in var/demo_accounts.json):")
         for account in accounts:
             out.write(f"    {account.role:<10} {account.username:<10} password: {account.password}")
