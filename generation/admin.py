@@ -2,12 +2,12 @@ from django.contrib import admin, messages
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from .forms import GenerateForm, GenerativeModelForm
 from .jobs import job_cancel, job_launch, job_progress, job_retry
-from .models import GeneratedImage, GenerationJob, GenerativeModel, ModelVersion, WorkerReport
+from .models import GeneratedImage, GenerationJob, GenerativeModel, WorkerReport
 from .registry import ModelRefused
 from .services import model_register, model_settings_update, worker_reports_request
 
@@ -36,42 +36,11 @@ class WorkerReportAdmin(admin.ModelAdmin):
         return redirect("admin:generation_workerreport_changelist")
 
 
-class ModelVersionInline(admin.TabularInline):
-    model = ModelVersion
-    fields = [
-        "number",
-        "scheduler",
-        "steps",
-        "guidance",
-        "size",
-        "prompts",
-        "negative_prompt",
-        "lora_scale",
-        "dtype",
-        "batch_size",
-        "image_count",
-        "created",
-    ]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    ordering = ["-number"]
-    verbose_name_plural = "Versions (settings that made images are frozen; a change makes a new version)"
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    @admin.display(description="Images")
-    def image_count(self, obj):
-        return obj.images.count()
-
-
 @admin.register(GenerativeModel)
 class GenerativeModelAdmin(admin.ModelAdmin):
     form = GenerativeModelForm
     list_display = ["name", "pipeline_class", "native_size", "version_number", "image_count", "created"]
-    readonly_fields = ["pipeline_class", "native_size", "preview"]
-    inlines = [ModelVersionInline]
+    readonly_fields = ["pipeline_class", "native_size", "preview", "versions"]
     change_form_template = "admin/generation/generativemodel/change_form.html"
 
     def get_fieldsets(self, request, obj=None):
@@ -92,7 +61,47 @@ class GenerativeModelAdmin(admin.ModelAdmin):
         sets = [(None, {"fields": first}), ("Generation settings", {"fields": settings})]
         if obj:
             sets.append(("Preview", {"fields": ["preview"]}))
+            sets.append(("Versions", {"fields": ["versions"]}))
         return sets
+
+    @admin.display(description="Settings that made images are frozen; a change makes a new version")
+    def versions(self, obj):
+        rows = [
+            (
+                v.number,
+                v.get_scheduler_display(),
+                v.steps,
+                v.guidance,
+                v.output_size,
+                "; ".join(v.prompts),
+                v.negative_prompt,
+                v.lora_scale,
+                v.dtype,
+                v.batch_size,
+                v.images.count(),
+                f"{v.created:%Y-%m-%d %H:%M}",
+            )
+            for v in obj.versions.order_by("-number")
+        ]
+        head = (
+            "Version",
+            "Scheduler",
+            "Steps",
+            "Guidance",
+            "Size",
+            "Prompts",
+            "Negative prompt",
+            "LoRA scale",
+            "Dtype",
+            "Batch",
+            "Images",
+            "Created",
+        )
+        return format_html(
+            "<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>",
+            format_html_join("", "<th>{}</th>", ((h,) for h in head)),
+            format_html_join("", "<tr>" + "<td>{}</td>" * len(head) + "</tr>", rows),
+        )
 
     @admin.display(description="Version")
     def version_number(self, obj):

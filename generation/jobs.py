@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import F, Max
 from django.utils import timezone
 
 from studies.images import files_delete, image_build
@@ -29,8 +29,10 @@ MAX_REMAKES = 3
 
 
 def next_free_seed(version: ModelVersion) -> int:
-    top = version.images.aggregate(top=Max("seed"))["top"]
-    return 0 if top is None else top + 1
+    """After every image made and every seed a job has asked for, queued ones included."""
+    top_image = version.images.aggregate(top=Max("seed"))["top"]
+    top_job = version.jobs.aggregate(top=Max(F("base_seed") + F("count")))["top"]
+    return max(0 if top_image is None else top_image + 1, top_job or 0)
 
 
 def missing_seeds(version: ModelVersion, seeds) -> list[int]:

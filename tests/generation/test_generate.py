@@ -143,6 +143,13 @@ def test_a_new_job_starts_after_the_last_seed_and_reuses_nothing():
     assert sorted(GeneratedImage.objects.values_list("seed", flat=True)) == [0, 1, 2, 3]
 
 
+def test_two_jobs_launched_at_once_ask_for_different_seeds():
+    model = model_register(name="at-once", path=str(built("ddpm")), steps=2)
+    first = job_launch(version=model.current_version, count=4, base_seed=0, is_preview=True)
+    second = job_launch(version=model.current_version, count=2)
+    assert (first.base_seed, second.base_seed) == (0, 4)
+
+
 def test_a_job_over_seeds_already_made_is_done_at_once():
     model = model_register(name="again", path=str(built("ddpm")), steps=2)
     make_images(model, count=2, seed=0)

@@ -98,3 +98,45 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(celery_workers):
     wait_until(lambda: GenerationJob.objects.get(pk=job.pk).status == "done", 240, "the job's end")
     seeds = list(GeneratedImage.objects.filter(version=model.current_version).values_list("seed", flat=True))
     assert sorted(seeds) == list(range(count))
+
+
+def test_every_kind_registers_previews_and_generates_through_a_real_worker(celery_workers):
+    from tests.generation.test_registry import KINDS
+
+    celery_workers.start()
+    jobs = []
+    for kind, (_, options) in sorted(KINDS.items()):
+        model = model_register(name=f"w-{kind}", path=str(built(kind)), steps=2, batch_size=3, **options)
+        jobs.append(job_launch(version=model.current_version, count=4, base_seed=0, is_preview=True))
+        jobs.append(job_launch(version=model.current_version, count=2))
+    wait_until(
+        lambda: all(GenerationJob.objects.get(pk=j.pk).status in ("done", "failed") for j in jobs),
+        300,
+        "all jobs",
+    )
+    failed = {
+        str(j): GenerationJob.objects.get(pk=j.pk).error
+        for j in jobs
+        if GenerationJob.objects.get(pk=j.pk).status != "done"
+    }
+    assert failed == {}
+    assert GeneratedImage.objects.count() == 6 * len(KINDS)
+
+
+def test_the_worker_parent_process_never_imports_torch():
+    """CUDA must not be initialised in the prefork parent: loading the app and all of
+    its tasks, as a worker's parent does, leaves torch unimported."""
+    code = (
+        "import django, sys; django.setup(); from config.celery import app; "
+        "app.loader.import_default_modules(); import generation.tasks, studies.tasks; "
+        "print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=settings.BASE_DIR,
+        env=worker_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.split() == ["False", "False"], result.stderr
