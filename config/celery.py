@@ -33,6 +33,9 @@ def configure(app: Celery) -> None:
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
         transport_options.update({k: str(v) for k, v in folders.items()}, store_processed=False)
+        # It polls its folder for new messages (Redis and RabbitMQ push them): poll
+        # often enough that a worker does not sit idle between short tasks.
+        transport_options["polling_interval"] = 0.1
 
     app.conf.update(
         broker_url=broker_url,

@@ -141,8 +141,9 @@ def chunk_run(*, job_id: int, seeds: list[int]) -> None:
                     raise
                 batch = max(1, batch // 2)  # halve and try again, down to one image
                 continue
-            for outcome in made:
-                _record(job, version, outcome, loaded)
+            with transaction.atomic():  # one commit per batch, a savepoint per image
+                for outcome in made:
+                    _record(job, version, outcome, loaded)
             todo = todo[len(part) :]
     except SoftTimeLimitExceeded:
         _fail(job_id, f"A chunk ran past the time limit ({settings.CELERY_TASK_SOFT_TIME_LIMIT} s).")
