@@ -22,7 +22,9 @@ class GenerativeModelForm(forms.ModelForm):
     scheduler = forms.ChoiceField(choices=ModelVersion.Scheduler.choices, required=False)
     steps = forms.IntegerField(min_value=1, max_value=1000, initial=50)
     guidance = forms.FloatField(initial=7.5, help_text="Classifier-free guidance; text models only.")
-    size = forms.IntegerField(min_value=0, max_value=4096, initial=0, help_text="0: the model's own size.")
+    size = forms.IntegerField(
+        min_value=0, max_value=4096, initial=0, help_text="16 to 4096 pixels, or 0 for the model's own size."
+    )
     prompts = PromptsField(
         required=False, help_text="One per line; a job spreads its images evenly over them."
     )
@@ -49,16 +51,25 @@ class GenerativeModelForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        if self.instance.pk or self.errors:
+        if self.errors:
             return data
-        try:  # check here too, so that the admin shows the reason on the form
-            info = inspect_pipeline(data["path"]) if not data["path"].endswith(".zip") else None
-            if info and data.get("lora_path"):
-                inspect_lora(data["lora_path"], info.pipeline_class)
-            if info and info.text_conditioned and not data.get("prompts"):
+        from .services import TEXT_PIPELINES, _checked
+
+        try:  # the same checks as the services, so that the admin shows the reason on the form
+            if self.instance.pk:
+                pipeline_class = self.instance.pipeline_class
+            elif data["path"].endswith(".zip"):
+                return data  # checked when unpacked, on save
+            else:
+                pipeline_class = inspect_pipeline(data["path"]).pipeline_class
+                if data.get("lora_path"):
+                    inspect_lora(data["lora_path"], pipeline_class)
+            if pipeline_class in TEXT_PIPELINES and not data.get("prompts"):
                 self.add_error("prompts", "A text-to-image model needs at least one prompt.")
+                return data
+            _checked(self.settings(), pipeline_class=pipeline_class)
         except ModelRefused as exc:
-            self.add_error("path", str(exc))
+            self.add_error("path" if not self.instance.pk else None, str(exc))
         return data
 
 

@@ -9,6 +9,7 @@ database's uniqueness on (version, seed) settles any race.
 import hashlib
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -52,6 +53,8 @@ def job_launch(*, version: ModelVersion, count: int, base_seed: int | None = Non
     """Create a job and queue one task per batch of its missing seeds (after commit)."""
     if count < 1:
         raise ValueError("count must be at least 1")
+    # Lock the version: two launches at once must not both take the next free seeds.
+    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
     if base_seed is None:
         base_seed = next_free_seed(version)
     job = GenerationJob.objects.create(
@@ -70,7 +73,7 @@ def _enqueue_missing(job: GenerationJob) -> None:
         return
     size = job.version.batch_size
     for start in range(0, len(missing), size):
-        generate_chunk.delay_on_commit(job.pk, missing[start : start + size])
+        generate_chunk.delay_on_commit(job.pk, missing[start : start + size], job.attempt)
 
 
 def job_cancel(*, job: GenerationJob) -> bool:
@@ -84,9 +87,13 @@ def job_cancel(*, job: GenerationJob) -> bool:
 
 @transaction.atomic
 def job_retry(*, job: GenerationJob) -> bool:
-    """Run a failed or cancelled job again: only its missing images are made."""
+    """Run a failed or cancelled job again: only its missing images are made.
+
+    The attempt number goes up, so tasks of the earlier attempt still in the queue
+    stand down instead of making the same images a second time.
+    """
     updated = GenerationJob.objects.filter(pk=job.pk, status__in=[Status.FAILED, Status.CANCELLED]).update(
-        status=Status.QUEUED, error="", finished=None
+        status=Status.QUEUED, error="", finished=None, attempt=F("attempt") + 1, deliveries={}, heartbeat=None
     )
     if updated:
         job.refresh_from_db()
@@ -107,8 +114,47 @@ def _finish_if_complete(job: GenerationJob) -> None:
         )
 
 
-def _still_wanted(job_id: int) -> bool:
-    return GenerationJob.objects.filter(pk=job_id, status__in=[Status.QUEUED, Status.RUNNING]).exists()
+def _still_wanted(job_id: int, attempt: int) -> bool:
+    return GenerationJob.objects.filter(
+        pk=job_id, attempt=attempt, status__in=[Status.QUEUED, Status.RUNNING]
+    ).exists()
+
+
+def _beat(job_id: int) -> None:
+    GenerationJob.objects.filter(pk=job_id).update(heartbeat=timezone.now())
+
+
+def jobs_sweep() -> int:
+    """Fail running jobs that no worker has touched for longer than any task may run.
+
+    A chunk can vanish without a word: killed at the hard time limit, or lost with
+    a killed worker on the embedded filesystem broker (which has no redelivery).
+    Such a job would show 'running' forever; failed, it can be retried, which makes
+    only its missing images. Called wherever a person watches jobs.
+    """
+    limit = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    stale = GenerationJob.objects.filter(status=Status.RUNNING, heartbeat__lt=limit)
+    failed = 0
+    for job in stale:
+        missing = job.count - job.images().count()
+        failed += GenerationJob.objects.filter(pk=job.pk, status=Status.RUNNING, heartbeat__lt=limit).update(
+            status=Status.FAILED,
+            finished=timezone.now(),
+            error=f"No worker has worked on this job for over {settings.CELERY_TASK_TIME_LIMIT + 60} s "
+            f"and {missing} image(s) are missing (a task hit the hard time limit or died with its worker). "
+            "Retry it to make them.",
+        )
+    return failed
+
+
+def _count_delivery(job_id: int, first_seed: int) -> int:
+    """How many times this chunk has reached a worker, this one included."""
+    with transaction.atomic():
+        job = GenerationJob.objects.select_for_update().get(pk=job_id)
+        deliveries = dict(job.deliveries)
+        deliveries[str(first_seed)] = deliveries.get(str(first_seed), 0) + 1
+        GenerationJob.objects.filter(pk=job_id).update(deliveries=deliveries)
+        return deliveries[str(first_seed)]
 
 
 def prompt_for(version: ModelVersion, seed: int) -> str:
@@ -116,34 +162,48 @@ def prompt_for(version: ModelVersion, seed: int) -> str:
     return version.prompts[seed % len(version.prompts)] if version.prompts else ""
 
 
-def chunk_run(*, job_id: int, seeds: list[int]) -> None:
+# A chunk that has killed its worker this many times is not handed out again.
+MAX_DELIVERIES = 3
+
+
+def chunk_run(*, job_id: int, seeds: list[int], attempt: int = 1) -> None:
     """Make the images of these seeds that do not exist yet. Safe to run twice."""
     from . import pipelines
 
-    job = GenerationJob.objects.select_related("version__model").get(pk=job_id)
-    if not _still_wanted(job_id):
-        return
-    GenerationJob.objects.filter(pk=job_id, status=Status.QUEUED).update(status=Status.RUNNING)
-    GenerationJob.objects.filter(pk=job_id, started__isnull=True).update(started=timezone.now())
-    version = job.version
-    todo = missing_seeds(version, seeds)
     try:
+        job = GenerationJob.objects.select_related("version__model").get(pk=job_id)
+        if not _still_wanted(job_id, attempt):
+            return  # cancelled, failed, done, or a task of an earlier attempt
+        if _count_delivery(job_id, seeds[0]) > MAX_DELIVERIES:
+            _fail(
+                job_id,
+                f"The chunk from seed {seeds[0]} ended its worker {MAX_DELIVERIES} times "
+                "(out of host memory, or a crash in the GPU stack?); see the worker's log.",
+            )
+            return
+        now = timezone.now()
+        GenerationJob.objects.filter(pk=job_id, status=Status.QUEUED).update(status=Status.RUNNING)
+        GenerationJob.objects.filter(pk=job_id, started__isnull=True).update(started=now)
+        _beat(job_id)
+        version = job.version
+        todo = missing_seeds(version, seeds)
         loaded = pipelines.pipeline_for(version) if todo else None
         batch = len(todo)
         while todo:
-            if not _still_wanted(job_id):
+            if not _still_wanted(job_id, attempt):
                 return
             part = todo[:batch]
             try:
-                made = _make(loaded, version, part)
+                made, problem = _make(loaded, version, part)
             except pipelines.OutOfMemory:
                 if batch == 1:
                     raise
                 batch = max(1, batch // 2)  # halve and try again, down to one image
                 continue
-            with transaction.atomic():  # one commit per batch, a savepoint per image
-                for outcome in made:
-                    _record(job, version, outcome, loaded)
+            _record_all(job, version, made, loaded)  # the good images of a batch are kept
+            _beat(job_id)
+            if problem:
+                raise RuntimeError(problem)
             todo = todo[len(part) :]
     except SoftTimeLimitExceeded:
         _fail(job_id, f"A chunk ran past the time limit ({settings.CELERY_TASK_SOFT_TIME_LIMIT} s).")
@@ -165,8 +225,11 @@ class Made:
     remakes: list
 
 
-def _make(loaded, version: ModelVersion, seeds: list[int]) -> list[Made]:
-    """Generate a batch; any output that is not an image is remade with another seed."""
+def _make(loaded, version: ModelVersion, seeds: list[int]) -> tuple[list[Made], str]:
+    """Generate a batch; an output that is not an image is remade with another seed.
+
+    Returns the images made and, if one seed never gave an image, why.
+    """
     from . import pipelines
 
     prompts = [prompt_for(version, seed) for seed in seeds]
@@ -178,14 +241,14 @@ def _make(loaded, version: ModelVersion, seeds: list[int]) -> list[Made]:
         used, remakes, seconds = seed, [], per_image
         while (problem := _not_an_image(image)) is not None:
             if len(remakes) == MAX_REMAKES:
-                raise RuntimeError(f"seed {seed}: {problem} in {MAX_REMAKES + 1} tries")
+                return made, f"seed {seed}: {problem} in {MAX_REMAKES + 1} tries"
             remakes.append({"seed": used, "problem": problem})
             used = seed + REMAKE_OFFSET * len(remakes)
             start = time.perf_counter()
             image = pipelines.generate(loaded, version, seeds=[used], prompts=[prompt])[0]
             seconds += time.perf_counter() - start
         made.append(Made(seed, used, prompt, pipelines.to_grey(image), image.shape, seconds, remakes))
-    return made
+    return made, ""
 
 
 def _not_an_image(image) -> str | None:
@@ -198,12 +261,47 @@ def _not_an_image(image) -> str | None:
     return None
 
 
-def _record(job: GenerationJob, version: ModelVersion, made: Made, loaded) -> None:
-    from . import pipelines
+def _record_all(job: GenerationJob, version: ModelVersion, made: list[Made], loaded) -> None:
+    """Write the batch's files first, then its rows in one short transaction.
 
+    Normalising and writing files happen outside the transaction (SQLite would hold
+    its write lock meanwhile); the files of any row that is not kept are deleted.
+    """
+    built = [(_build(version, m), m) for m in made]
+    kept = set()
+    try:
+        with transaction.atomic():
+            for image, m in built:
+                try:
+                    with transaction.atomic():  # a savepoint per image
+                        image.save()
+                        GeneratedImage.objects.create(
+                            image=image,
+                            version=version,
+                            job=job,
+                            seed=m.seed,
+                            used_seed=m.used_seed,
+                            prompt=m.prompt,
+                            negative_prompt=version.negative_prompt,
+                            seconds=m.seconds,
+                            provenance=_provenance(version, m, loaded),
+                        )
+                    kept.add(id(image))
+                except IntegrityError:
+                    pass  # another delivery of this chunk recorded this seed first
+    except Exception:
+        kept.clear()
+        raise
+    finally:
+        for image, _ in built:
+            if id(image) not in kept:
+                files_delete(image)
+
+
+def _build(version: ModelVersion, made: Made):
     grey = made.grey.astype("float32")
     height, width = grey.shape
-    image = image_build(
+    return image_build(
         decoded=Decoded(
             pixels=grey.clip(0, 1), source_format="generated", width=width, height=height, bit_depth=32
         ),
@@ -212,42 +310,44 @@ def _record(job: GenerationJob, version: ModelVersion, made: Made, loaded) -> No
         source_sha256=hashlib.sha256(grey.tobytes()).hexdigest(),
         source_name=f"{version} seed {made.seed}",
     )
+
+
+def _provenance(version: ModelVersion, made: Made, loaded) -> dict:
+    from . import pipelines
+
     scheduler = loaded.pipe.scheduler
-    provenance = {
-        **pipelines.describe(loaded),
-        "model": version.model.name,
-        "version": version.number,
-        "pipeline": version.model.pipeline_class,
-        "scheduler": type(scheduler).__name__,
-        "scheduler_config": dict(scheduler.config),
-        "steps": version.steps,
-        "guidance": version.guidance,
-        "lora_scale": version.lora_scale,
-        "output_shape": list(made.shape),
-        "remakes": made.remakes,
-    }
-    try:
-        with transaction.atomic():
-            image.save()
-            GeneratedImage.objects.create(
-                image=image,
-                version=version,
-                job=job,
-                seed=made.seed,
-                used_seed=made.used_seed,
-                prompt=made.prompt,
-                negative_prompt=version.negative_prompt,
-                seconds=made.seconds,
-                provenance=_jsonable(provenance),
-            )
-    except IntegrityError:
-        files_delete(image)  # another delivery of this chunk recorded it first
+    return _jsonable(
+        {
+            **pipelines.describe(loaded),
+            "model": version.model.name,
+            "version": version.number,
+            "pipeline": version.model.pipeline_class,
+            "scheduler": type(scheduler).__name__,
+            "scheduler_config": dict(scheduler.config),
+            "steps": version.steps,
+            "guidance": version.guidance,
+            "lora_scale": version.lora_scale,
+            "output_shape": list(made.shape),
+            "remakes": made.remakes,
+        }
+    )
 
 
 def _jsonable(value):
+    """Plain JSON: PostgreSQL refuses NaN and infinities (DPM-Solver's config has -inf)."""
     import json
+    import math
 
-    return json.loads(json.dumps(value, default=str))
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)  # "inf", "-inf", "nan"
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(json.loads(json.dumps(value, default=str)))
 
 
 @dataclass(frozen=True)

@@ -138,8 +138,13 @@ class GenerationJob(models.Model):
     is_preview = models.BooleanField(default=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
+    attempt = models.PositiveIntegerField(
+        default=1, help_text="Raised by each retry; older tasks stand down."
+    )
+    deliveries = models.JSONField(default=dict, blank=True, help_text="Times each chunk reached a worker.")
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True, help_text="Last sign of a worker on this job.")
     finished = models.DateTimeField(null=True, blank=True)
 
     class Meta:

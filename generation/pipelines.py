@@ -19,6 +19,21 @@ SCHEDULERS = {
     "euler": ("EulerDiscreteScheduler", {}),
 }
 UNCONDITIONAL = {"DDPMPipeline", "DDIMPipeline", "LDMPipeline"}
+# The schedulers each pipeline's denoising loop can drive ("" = its own). DDIMPipeline
+# passes DDIM's eta; DDPM-style loops pass a generator but never scale the model
+# input (so no Euler); FLUX's flow matching takes only its own; Kandinsky 3 passes
+# a generator, which UniPC does not take.
+ALL_SCHEDULERS = {"", *SCHEDULERS}
+COMPATIBLE_SCHEDULERS = {
+    "DDPMPipeline": {"", "ddpm", "ddim", "dpmpp"},
+    "DDIMPipeline": {"", "ddim"},
+    "LDMPipeline": {"", "ddpm", "ddim", "dpmpp"},
+    "LDMTextToImagePipeline": {"", "ddpm", "ddim", "dpmpp", "unipc"},
+    "StableDiffusionPipeline": ALL_SCHEDULERS,
+    "StableDiffusionXLPipeline": ALL_SCHEDULERS,
+    "Kandinsky3Pipeline": {"", "ddpm", "ddim", "dpmpp"},
+    "FluxPipeline": {""},
+}
 NO_NEGATIVE_PROMPT = {"FluxPipeline", "LDMTextToImagePipeline"}
 # These cut the text context to the longest prompt of the batch, so an image would
 # depend on the other prompts in its batch: they are called once per distinct prompt.
@@ -40,7 +55,9 @@ class Loaded:
     pipe: object
     device: str
     dtype: str
+    scheduler_class: type  # the pipeline's own, as saved: tasks replace pipe.scheduler
     scheduler_config: dict
+    key: tuple = ()
     notes: dict = field(default_factory=dict)  # what we changed on the pipeline, for provenance
 
 
@@ -73,13 +90,22 @@ def pipeline_for(version) -> Loaded:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-        loaded = _load(model, device, key[2])
-        _cache[key] = loaded
-        while len(_cache) > settings.PIPELINE_CACHE_SIZE:
+        # Make room before loading, so memory never holds one pipeline more than the cache.
+        while _cache and len(_cache) >= settings.PIPELINE_CACHE_SIZE:
             _cache.popitem(last=False)
-            if device == "cuda":
-                torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        loaded = _load(model, device, key[2])
+        loaded.key = key
+        _cache[key] = loaded
         return loaded
+
+
+def forget(loaded: Loaded) -> None:
+    """Drop a pipeline whose call failed: it may be left half-changed (e.g. a LoRA scale)."""
+    with _lock:
+        if _cache.get(loaded.key) is loaded:
+            del _cache[loaded.key]
 
 
 def _load(model, device: str, dtype: str) -> Loaded:
@@ -116,7 +142,12 @@ def _load(model, device: str, dtype: str) -> Loaded:
                 module.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     return Loaded(
-        pipe=pipe, device=device, dtype=dtype, scheduler_config=dict(pipe.scheduler.config), notes=notes
+        pipe=pipe,
+        device=device,
+        dtype=dtype,
+        scheduler_class=type(pipe.scheduler),
+        scheduler_config=dict(pipe.scheduler.config),
+        notes=notes,
     )
 
 
@@ -124,9 +155,8 @@ def fresh_scheduler(loaded: Loaded, name: str):
     """A new scheduler object for each task: schedulers keep state between steps."""
     import diffusers
 
-    base = type(loaded.pipe.scheduler)
     if not name:
-        return base.from_config(loaded.scheduler_config)
+        return loaded.scheduler_class.from_config(loaded.scheduler_config)
     cls_name, extra = SCHEDULERS[name]
     return getattr(diffusers, cls_name).from_config(loaded.scheduler_config, **extra)
 
@@ -174,6 +204,10 @@ def _call(loaded: Loaded, version, seeds: list[int], prompts: list[str]) -> np.n
     except RuntimeError as exc:
         if "out of memory" in str(exc) or "can't allocate memory" in str(exc):
             raise OutOfMemory(str(exc)) from None
+        forget(loaded)
+        raise
+    except Exception:
+        forget(loaded)
         raise
     return np.asarray(images, dtype=np.float32)
 

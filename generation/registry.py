@@ -24,7 +24,6 @@ ALLOWED_PIPELINES = {
     "StableDiffusionXLPipeline": True,
     "FluxPipeline": True,
     "Kandinsky3Pipeline": True,
-    "KandinskyV22CombinedPipeline": True,
 }
 LORA_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionXLPipeline", "FluxPipeline"}
 NON_WEIGHT_COMPONENTS = ("Tokenizer", "Scheduler", "FeatureExtractor", "ImageProcessor", "Processor")
@@ -80,7 +79,7 @@ def inspect_pipeline(path: str | Path) -> PipelineInfo:
         )
     index = _read_json(index_path, "model_index.json")
     cls = index.get("_class_name")
-    if cls not in ALLOWED_PIPELINES:
+    if not isinstance(cls, str) or cls not in ALLOWED_PIPELINES:
         raise ModelRefused(
             f"pipeline class {cls!r} is not supported; supported: {', '.join(sorted(ALLOWED_PIPELINES))}"
         )

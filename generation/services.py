@@ -1,5 +1,6 @@
 """Writes of the generation app: worker reports, the model registry, versioned settings."""
 
+import shutil
 import uuid
 from pathlib import Path
 
@@ -51,35 +52,51 @@ def worker_reports_request() -> uuid.UUID:
 # --- The model registry --------------------------------------------------------------
 
 
-@transaction.atomic
 def model_register(
     *, name: str, path: str, lora_path: str = "", description: str = "", **settings
 ) -> GenerativeModel:
-    """Check the pipeline folder (or .zip) and register it with its first settings version."""
+    """Check the pipeline folder (or .zip) and register it with its first settings version.
+
+    The checks (and unpacking a zip) run before the transaction: they can be slow,
+    and SQLite would hold its write lock throughout.
+    """
     if GenerativeModel.objects.filter(name=name).exists():
         raise ModelRefused(f"a model named {name!r} is already registered")
     folder = Path(path)
-    if folder.suffix.lower() == ".zip" and folder.is_file():
+    unpacked = folder.suffix.lower() == ".zip" and folder.is_file()
+    if unpacked:
         folder = unpack_zip(folder, django_settings.MODELS_ROOT)
-    info = inspect_pipeline(folder)
-    lora = str(inspect_lora(lora_path, info.pipeline_class)) if lora_path else ""
-    if settings.get("prompts") and not info.text_conditioned:
-        raise ModelRefused(f"{info.pipeline_class} takes no prompt; leave the prompts out")
-    if info.text_conditioned and not settings.get("prompts"):
-        raise ModelRefused(f"{info.pipeline_class} is a text-to-image model: it needs at least one prompt")
-    model = GenerativeModel.objects.create(
-        name=name,
-        path=str(folder.resolve()),
-        pipeline_class=info.pipeline_class,
-        lora_path=lora,
-        native_size=info.native_size,
-        description=description,
-    )
-    ModelVersion.objects.create(model=model, number=1, **_checked(settings, text=info.text_conditioned))
+    try:
+        info = inspect_pipeline(folder)
+        lora = str(inspect_lora(lora_path, info.pipeline_class)) if lora_path else ""
+        if settings.get("prompts") and not info.text_conditioned:
+            raise ModelRefused(f"{info.pipeline_class} takes no prompt; leave the prompts out")
+        if info.text_conditioned and not settings.get("prompts"):
+            raise ModelRefused(
+                f"{info.pipeline_class} is a text-to-image model: it needs at least one prompt"
+            )
+        settings = _checked(settings, pipeline_class=info.pipeline_class)
+        with transaction.atomic():
+            model = GenerativeModel.objects.create(
+                name=name,
+                path=str(folder.resolve()),
+                pipeline_class=info.pipeline_class,
+                lora_path=lora,
+                native_size=info.native_size,
+                description=description,
+            )
+            ModelVersion.objects.create(model=model, number=1, **settings)
+    except Exception:
+        if unpacked:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return model
 
 
-def _checked(settings: dict, *, text: bool) -> dict:
+def _checked(settings: dict, *, pipeline_class: str) -> dict:
+    from .pipelines import COMPATIBLE_SCHEDULERS
+
+    text = pipeline_class in TEXT_PIPELINES
     unknown = set(settings) - set(ModelVersion.SETTINGS)
     if unknown:
         raise ModelRefused(f"unknown setting(s): {', '.join(sorted(unknown))}")
@@ -87,6 +104,11 @@ def _checked(settings: dict, *, text: bool) -> dict:
         raise ModelRefused(
             f"unknown scheduler {settings['scheduler']!r}; choose one of "
             f"{', '.join(v for v in ModelVersion.Scheduler.values if v)}"
+        )
+    if settings.get("scheduler", "") not in COMPATIBLE_SCHEDULERS[pipeline_class]:
+        usable = ", ".join(sorted(s or "(its own)" for s in COMPATIBLE_SCHEDULERS[pipeline_class]))
+        raise ModelRefused(
+            f"{pipeline_class} cannot run the {settings['scheduler']!r} scheduler; it can run: {usable}"
         )
     if "steps" in settings and not 1 <= int(settings["steps"]) <= 1000:
         raise ModelRefused("steps must be between 1 and 1000")
@@ -104,14 +126,16 @@ def _checked(settings: dict, *, text: bool) -> dict:
 
 @transaction.atomic
 def model_settings_update(*, model: GenerativeModel, **settings) -> ModelVersion:
-    """Change generation settings. Settings that made images are frozen: a change then
+    """Change generation settings. Settings a job has used are frozen: a change then
     starts the next version, so every image keeps pointing at what made it."""
     current = ModelVersion.objects.select_for_update().filter(model=model).order_by("-number").first()
-    settings = _checked(settings, text=model.pipeline_class in TEXT_PIPELINES)
+    settings = _checked(settings, pipeline_class=model.pipeline_class)
     changed = {k: v for k, v in settings.items() if getattr(current, k) != v}
     if not changed:
         return current
-    if not current.images.exists():
+    # Frozen from the first job on, not the first image: a queued job must make
+    # its images with the settings it was launched with.
+    if not current.jobs.exists():
         for key, value in changed.items():
             setattr(current, key, value)
         current.save()

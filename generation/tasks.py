@@ -15,6 +15,6 @@ def report_worker(request_id: str) -> None:
 
 
 @shared_task
-def generate_chunk(job_id: int, seeds: list[int]) -> None:
+def generate_chunk(job_id: int, seeds: list[int], attempt: int = 1) -> None:
     """Make one batch of a generation job (see generation.jobs)."""
-    chunk_run(job_id=job_id, seeds=seeds)
+    chunk_run(job_id=job_id, seeds=seeds, attempt=attempt)

@@ -21,10 +21,11 @@ pytestmark = pytest.mark.django_db
 
 def run_job(job: GenerationJob) -> GenerationJob:
     """What the workers do with a job's chunk tasks, done here in turn."""
-    seeds = [s for s in job.seeds]
+    job.refresh_from_db()
+    seeds = list(job.seeds)
     size = job.version.batch_size
     for start in range(0, len(seeds), size):
-        chunk_run(job_id=job.pk, seeds=seeds[start : start + size])
+        chunk_run(job_id=job.pk, seeds=seeds[start : start + size], attempt=job.attempt)
     job.refresh_from_db()
     return job
 
