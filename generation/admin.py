@@ -122,7 +122,7 @@ class GenerativeModelAdmin(admin.ModelAdmin):
             return "No preview yet: press “Preview” above."
         return format_html(
             "".join(
-                '<img src="{}" alt="seed {}" width="192" height="192" style="margin-right:6px">'
+                '<img src="{}" alt="seed {}" width="150" height="150" style="margin:0 6px 6px 0">'
                 for _ in images
             ),
             *[
