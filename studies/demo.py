@@ -73,12 +73,14 @@ def demo_accounts_ensure(*, credentials_path: Path) -> list[DemoAccount]:
 
 
 def demo_model_ensure(*, models_root: Path):
-    """Register the demo's generative model and queue its images, once.
+    """Register the demo's generative model and make its images, once.
 
     A tiny DDPM with random weights, built here: no model can be downloaded, and
     the app cannot train one yet. Its images are noise, and the demo says so.
+    The job's chunks run here rather than on the worker, so that the demo study
+    can show them before anyone logs in; later jobs go to the worker as usual.
     """
-    from generation.jobs import job_launch
+    from generation.jobs import chunk_run, job_launch
     from generation.models import GenerativeModel
     from generation.services import model_register
     from generation.tiny import build_ddpm
@@ -91,13 +93,41 @@ def demo_model_ensure(*, models_root: Path):
         model = model_register(
             name=DEMO_MODEL,
             path=str(folder),
-            steps=50,
+            steps=20,
             batch_size=8,
             description="A tiny DDPM with random weights, for the demo: it makes noise, not radiographs.",
         )
     version = model.current_version
-    if version.images.count() < DEMO_MODEL_IMAGES and not version.jobs.filter(
-        status__in=["queued", "running"]
-    ):
-        job_launch(version=version, count=DEMO_MODEL_IMAGES, base_seed=0)
+    if version.images.count() < DEMO_MODEL_IMAGES:
+        job = job_launch(version=version, count=DEMO_MODEL_IMAGES, base_seed=0)
+        seeds = list(job.seeds)
+        for start in range(0, len(seeds), version.batch_size):
+            chunk_run(job_id=job.pk, seeds=seeds[start : start + version.batch_size], attempt=job.attempt)
     return model
+
+
+DEMO_STUDY = "Demo study: real or synthetic?"
+DEMO_INSTRUCTIONS = """Each image is either a **real** radiograph or made by a **generative model**.
+
+Press **R** for real, **F** for fake (synthetic), **U** if unsure. Zoom with the mouse wheel, pan by
+dragging, Shift-drag for window and level, **0** to reset.
+
+*Demo: the 'real' images are procedural phantoms, and the model has random weights.*"""
+
+
+def demo_study_ensure(*, readers) -> None:
+    """An open study of the demo's phantoms and generated images, for the demo readers."""
+    from generation.models import GeneratedImage
+
+    from .models import Image, Study
+    from .services import study_reader_add
+
+    study = Study.objects.filter(title=DEMO_STUDY).first()
+    if study is None:
+        study = Study.objects.create(
+            title=DEMO_STUDY, status=Study.Status.OPEN, instructions=DEMO_INSTRUCTIONS
+        )
+    real = list(Image.objects.filter(image_set__name=DEMO_PHANTOM_SET, origin=Image.Origin.REAL)[:12])
+    made = GeneratedImage.objects.filter(version__model__name=DEMO_MODEL).select_related("image")[:12]
+    for reader in readers:
+        study_reader_add(study=study, reader=reader, images=real + [g.image for g in made])

@@ -23,13 +23,20 @@ def pytest_report_header(config):
     )
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
 def pytest_collection_modifyitems(config, items):
-    if settings.TEST_SERVICES:
-        return
-    skip = pytest.mark.skip(reason="needs PostgreSQL and Redis, which did not answer")
+    require = os.environ.get("REQUIRE_SERVICES") == "1"
+    no_services = pytest.mark.skip(reason="needs PostgreSQL and Redis, which did not answer")
+    no_browser = pytest.mark.skip(reason=f"needs Chromium at {CHROMIUM} (apt-get install chromium)")
     for item in items:
-        if "services" in item.keywords:
-            item.add_marker(skip)
+        if "services" in item.keywords and not settings.TEST_SERVICES:
+            item.add_marker(no_services)
+        if "browser" in item.keywords and not os.path.exists(CHROMIUM):
+            if require:
+                raise pytest.UsageError(f"REQUIRE_SERVICES=1 but there is no Chromium at {CHROMIUM}")
+            item.add_marker(no_browser)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """Models of reader studies, one module per idea."""
 
 from .images import Image, ImageSet, ImportJob, ImportResult
-from .studies import Presentation, Study
+from .studies import Answer, Presentation, Study, StudyReader
 
-__all__ = ["Image", "ImageSet", "ImportJob", "ImportResult", "Presentation", "Study"]
+__all__ = ["Answer", "Image", "ImageSet", "ImportJob", "ImportResult", "Presentation", "Study", "StudyReader"]

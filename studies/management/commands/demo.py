@@ -10,6 +10,7 @@ import sys
 import time
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
@@ -20,6 +21,7 @@ from studies.demo import (
     DEMO_PHANTOM_SET,
     demo_accounts_ensure,
     demo_model_ensure,
+    demo_study_ensure,
 )
 from studies.models import ImageSet
 
@@ -40,7 +42,12 @@ class Command(BaseCommand):
             call_command(
                 "make_phantoms", set_name=DEMO_PHANTOM_SET, count=DEMO_PHANTOM_COUNT, stdout=self.stdout
             )
+        self.stdout.write("Making the demo model's images and the demo study...")
         demo_model_ensure(models_root=settings.MODELS_ROOT)
+        readers = get_user_model().objects.filter(
+            username__in=[a.username for a in accounts if a.role == "reader"]
+        )
+        demo_study_ensure(readers=readers)
         url = f"http://{addr}/"
         out = self.stdout
         out.write("")
@@ -50,8 +57,9 @@ class Command(BaseCommand):
         out.write(
             "  NOT clinical radiographs. Import your own with: python manage.py import_images --set NAME PATH"
         )
-        out.write(f"  Synthetic images: the model {DEMO_MODEL!r} makes {DEMO_MODEL_IMAGES} once the worker")
-        out.write("  runs (see Admin > Generation jobs). Its weights are random, so its images are noise.")
+        out.write(f"  Synthetic images: {DEMO_MODEL_IMAGES} made by the model {DEMO_MODEL!r}.")
+        out.write("  Its weights are random, so its images are noise.")
+        out.write("  Log in as reader1 or reader2 and open the demo study to label images (R, F, U).")
         out.write("  Accounts (saved in var/demo_accounts.json):")
         for account in accounts:
             out.write(f"    {account.role:<10} {account.username:<10} password: {account.password}")

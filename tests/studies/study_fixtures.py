@@ -1,0 +1,51 @@
+"""Open studies with real and synthetic images, for reader-facing tests."""
+
+import uuid
+
+import numpy as np
+
+from studies.images import image_build
+from studies.imaging.decode import Decoded
+from studies.imaging.phantoms import phantom
+from studies.models import Image, ImageSet, Study
+from studies.services import study_reader_add
+
+
+def make_images(count: int) -> list[Image]:
+    """Half real (phantom radiographs), half synthetic (a model's pixels stand-in)."""
+    image_set, _ = ImageSet.objects.get_or_create(name="fixture set")
+    images = []
+    for index in range(count):
+        if index % 2 == 0:
+            pixels, origin, kind = phantom(index, 512), Image.Origin.REAL, "PNG"
+        else:
+            pixels = np.random.default_rng(index).random((64, 64), dtype=np.float32)
+            origin, kind = Image.Origin.SYNTHETIC, "generated"
+        decoded = Decoded(
+            pixels=pixels, source_format=kind, width=pixels.shape[1], height=pixels.shape[0], bit_depth=16
+        )
+        image = image_build(
+            decoded=decoded,
+            origin=origin,
+            source_sha256=uuid.uuid4().hex * 2,
+            image_set=image_set if origin == Image.Origin.REAL else None,
+        )
+        image.save()
+        images.append(image)
+    return images
+
+
+def make_open_study(
+    reader, *, images: int = 6, ask_confidence: bool = False, allow_unsure: bool = True, readers=()
+) -> Study:
+    study = Study.objects.create(
+        title="Chest X-ray realism",
+        status=Study.Status.OPEN,
+        ask_confidence=ask_confidence,
+        allow_unsure=allow_unsure,
+        instructions="Label each image **real** or **fake**.",
+    )
+    pool = make_images(images)
+    for person in (reader, *readers):
+        study_reader_add(study=study, reader=person, images=pool)
+    return study

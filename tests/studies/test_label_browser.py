@@ -1,0 +1,244 @@
+"""The labelling page in a real browser: Debian's Chromium driven by Playwright."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from studies.models import Answer, Presentation
+from tests.studies.study_fixtures import make_open_study
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def allow_orm_beside_playwright():
+    """Playwright's sync API runs an event loop in this thread; the tests' own ORM
+    calls are still synchronous and safe. Set for these tests only, so that no
+    other test (nor a subprocess of one) inherits it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        yield
+
+
+CHROMIUM = "/usr/bin/chromium"
+LABELS = {"r": "real", "f": "fake", "u": "unsure"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+class Tab:
+    """One browser context and page, with the answers it posted and any script errors."""
+
+    def __init__(self, browser, base_url, viewport=None):
+        self.base_url = base_url
+        self.context = browser.new_context(viewport=viewport or {"width": 1280, "height": 800})
+        self.context.set_default_timeout(10_000)
+        self.page = self.context.new_page()
+        self.posts: list[str] = []
+        self.images: list[str] = []
+        self.errors: list[str] = []
+        self.page.on("request", self._request)
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def _request(self, request):
+        path = request.url.removeprefix(self.base_url)
+        if request.method == "POST" and path.endswith("/answer"):
+            self.posts.append(path)
+        elif path.endswith("/image"):
+            self.images.append(path)
+
+    def log_in(self, username, password):
+        self.page.goto(self.base_url + "/accounts/login/")
+        self.page.get_by_label("Username").fill(username)
+        self.page.get_by_label("Password").fill(password)
+        self.page.get_by_role("button", name="Log in").click()
+        expect(self.page.get_by_role("heading", name="My studies")).to_be_visible()
+
+    def open_study(self, study):
+        self.page.goto(f"{self.base_url}/study/{study.pk}/")
+        self.wait_ready()
+
+    def wait_ready(self):
+        """Until the page takes an answer: image shown, nothing in flight."""
+        expect(self.page.locator("#label-app")).to_have_attribute("data-state", "ready")
+
+    def progress(self):
+        return self.page.locator("#progress-text")
+
+    def close(self):
+        self.context.close()
+        assert self.errors == []
+
+
+@pytest.fixture
+def tabs(browser, live_server):
+    opened = []
+
+    def open_tab(**kwargs):
+        tab = Tab(browser, live_server.url, **kwargs)
+        opened.append(tab)
+        return tab
+
+    yield open_tab
+    for tab in opened:
+        tab.close()
+
+
+def answers_of(study, reader):
+    return list(
+        Answer.objects.filter(presentation__study=study, presentation__reader=reader).order_by(
+            "presentation__position"
+        )
+    )
+
+
+def first_unanswered(study, reader):
+    pending = Presentation.objects.filter(study=study, reader=reader, answer__isnull=True)
+    return pending.order_by("position").first()
+
+
+def test_a_reader_labels_a_whole_study_with_the_keyboard_resuming_after_a_reload(tabs, reader):
+    study = make_open_study(reader, images=6)
+    tab = tabs()
+    page = tab.page
+    tab.log_in("reader", "reader-pass")
+    page.get_by_role("row", name=re.compile(study.title)).get_by_role("link").click()
+    expect(page).to_have_url(re.compile(rf"/study/{study.pk}/$"))
+    expect(page.locator("#instructions")).to_be_visible()  # nothing answered yet
+    expect(page.get_by_role("img", name="Radiograph to label")).to_be_visible()
+    html = page.content()  # the page names no presentation: the image is a blob: URL
+    assert not any(str(p.pk) in html for p in Presentation.objects.filter(study=study))
+    assert page.get_by_role("img").get_attribute("src").startswith("blob:")
+
+    keys = ["r", "f", "u", "f", "r", "r"]
+    for index, key in enumerate(keys):
+        if index == 3:
+            # Half way: a reload comes back to the same next unanswered image.
+            tab.wait_ready()
+            expect(tab.progress()).to_have_text("4 of 6")
+            upcoming = first_unanswered(study, reader)
+            # On screen: the image fetched before the last one (which is the prefetch of the next).
+            assert tab.images[-2] == f"/p/{upcoming.pk}/image"
+            tab.images.clear()
+            page.reload()
+            tab.wait_ready()
+            assert tab.images[0] == f"/p/{upcoming.pk}/image"
+            expect(page.locator("#instructions")).to_be_hidden()
+        tab.wait_ready()
+        expect(tab.progress()).to_have_text(f"{index + 1} of 6")
+        page.keyboard.press(key)
+
+    expect(page).to_have_url(re.compile(rf"/study/{study.pk}/done/$"))
+    expect(page.get_by_role("heading")).to_have_text("Thank you — all 6 images are labelled")
+    expect(page.get_by_role("main").get_by_role("link", name="My studies")).to_be_visible()
+
+    answers = answers_of(study, reader)
+    assert [a.label for a in answers] == [LABELS[k] for k in keys]
+    assert all(a.viewing_ms > 0 for a in answers)
+    assert all(a.confidence is None for a in answers)
+    assert len(tab.posts) == 6
+
+
+def test_a_double_press_records_one_answer_and_advances_once(tabs, reader):
+    study = make_open_study(reader, images=6)
+    tab = tabs()
+    tab.log_in("reader", "reader-pass")
+    tab.open_study(study)
+
+    tab.page.keyboard.press("r")
+    tab.page.keyboard.press("r")
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("2 of 6")
+
+    tab.page.get_by_role("button", name="Real", exact=True).dblclick()
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("3 of 6")
+    tab.page.wait_for_timeout(600)  # room for a stray second answer to arrive
+
+    expect(tab.progress()).to_have_text("3 of 6")
+    assert len(tab.posts) == 2
+    assert [a.label for a in answers_of(study, reader)] == ["real", "real"]
+
+
+def test_with_confidence_asked_a_label_alone_sends_nothing_until_a_confidence(tabs, reader):
+    study = make_open_study(reader, images=4, ask_confidence=True)
+    tab = tabs()
+    tab.log_in("reader", "reader-pass")
+    tab.open_study(study)
+
+    tab.page.keyboard.press("f")
+    expect(tab.page.get_by_role("button", name="Fake", exact=True)).to_have_attribute("aria-pressed", "true")
+    tab.page.wait_for_timeout(500)
+    assert tab.posts == []
+    assert answers_of(study, reader) == []
+
+    tab.page.keyboard.press("4")
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("2 of 4")
+    [answer] = answers_of(study, reader)
+    assert (answer.label, answer.confidence) == ("fake", 4)
+    assert answer.viewing_ms > 0
+    # The next image starts with nothing chosen.
+    expect(tab.page.locator("[aria-pressed=true]")).to_have_count(0)
+
+
+def test_an_outsider_can_open_neither_the_study_nor_its_images(tabs, reader, outsider):
+    study = make_open_study(reader, images=2)
+    tab = tabs()
+    tab.log_in("outsider", "outsider-pass")
+    assert tab.page.goto(f"{tab.base_url}/study/{study.pk}/").status == 404
+    presentation = Presentation.objects.filter(study=study).first()
+    assert tab.page.goto(f"{tab.base_url}/p/{presentation.pk}/image").status == 404
+
+
+@pytest.mark.parametrize("width,height", [(1280, 800), (1920, 1080)])
+def test_the_page_fits_the_screen_and_shows_where_the_focus_is(tabs, reader, width, height):
+    study = make_open_study(reader, images=2)
+    tab = tabs(viewport={"width": width, "height": height})
+    tab.log_in("reader", "reader-pass")
+    tab.open_study(study)
+    page = tab.page
+    if width == 1280:
+        page.screenshot(path="/tmp/label_page.png")
+
+    fits = page.evaluate(
+        """() => {
+            const d = document.documentElement;
+            return d.scrollWidth <= innerWidth && d.scrollHeight <= innerHeight
+                && document.body.scrollHeight <= innerHeight;
+        }"""
+    )
+    assert fits
+    box = page.locator("#stage").bounding_box()
+    assert box["height"] > height * 0.75
+
+    buttons = page.evaluate(
+        "() => [...document.querySelectorAll('button')].filter(b => b.offsetParent && !b.disabled).length"
+    )
+    seen = {}
+    for _ in range(buttons + 10):
+        page.keyboard.press("Tab")
+        focused = page.evaluate(
+            """() => {
+                const el = document.activeElement;
+                if (!el || el.tagName !== 'BUTTON') return null;
+                const s = getComputedStyle(el);
+                return [el.textContent.trim(), s.outlineStyle, parseFloat(s.outlineWidth)];
+            }"""
+        )
+        if focused:
+            name, style, outline_width = focused
+            seen[name] = (style, outline_width)
+    assert len(seen) == buttons
+    assert all(style != "none" and outline_width >= 2 for style, outline_width in seen.values()), seen
