@@ -179,6 +179,7 @@ def app(folder: Path, var: Path, *, images: int, batch: int, steps: int, size: i
     from django.core.management import call_command
     from django.utils import timezone
 
+    from config.celery import worker_command
     from generation.jobs import job_launch
     from generation.models import GenerationJob, GenerativeModel
     from generation.services import model_register
@@ -194,20 +195,7 @@ def app(folder: Path, var: Path, *, images: int, batch: int, steps: int, size: i
         scheduler="ddim",
     )
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "gpu,default",
-            "--concurrency",
-            "1",
-            "--loglevel",
-            os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
-        ],
+        worker_command(loglevel=os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING")),
         cwd=ROOT,
         env=env,
         start_new_session=True,

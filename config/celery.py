@@ -6,6 +6,7 @@ goes to `default`. Job state lives in database rows, never in a result backend.
 """
 
 import os
+import sys
 
 from celery import Celery
 from kombu import Queue
@@ -64,3 +65,22 @@ def configure(app: Celery) -> None:
 
 app.on_configure.connect(lambda sender, **kwargs: configure(sender), weak=False)
 app.autodiscover_tasks()
+
+
+def worker_command(*, hostname: str = "", loglevel: str = "INFO") -> list[str]:
+    """The command line of one worker on both queues, one process: for the demo, tests, benchmarks."""
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "worker",
+        "-Q",
+        "gpu,default",
+        "--concurrency",
+        "1",
+    ]
+    if hostname:
+        command += ["--hostname", hostname]
+    return [*command, "--loglevel", loglevel]

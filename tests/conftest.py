@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import connection
 
 from config.celery import app as celery_app
+from config.celery import worker_command
 
 
 def pytest_report_header(config):
@@ -98,22 +99,7 @@ class Workers:
         hostname = f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
         log = open(self.log_dir / f"{hostname}.log", "w+")
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                "gpu,default",
-                "--concurrency",
-                "1",
-                "--hostname",
-                hostname,
-                "--loglevel",
-                "INFO",
-            ],
+            worker_command(hostname=hostname),
             cwd=settings.BASE_DIR,
             env={**worker_environment(), **env},
             stdout=log,

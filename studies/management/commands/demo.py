@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from config.celery import worker_command
 from studies.demo import (
     DEMO_MODEL,
     DEMO_MODEL_IMAGES,
@@ -71,22 +72,7 @@ class Command(BaseCommand):
         self.supervise(
             {
                 "web": [sys.executable, "manage.py", "runserver", addr, "--noreload"],
-                "worker": [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config",
-                    "worker",
-                    "-Q",
-                    "gpu,default",
-                    "--concurrency",
-                    "1",
-                    "--hostname",
-                    "demo@%h",
-                    "--loglevel",
-                    "INFO",
-                ],
+                "worker": worker_command(hostname="demo@%h"),
             }
         )
 
