@@ -7,7 +7,7 @@ from django.views.decorators.http import require_POST
 
 from .forms import GenerateForm, GenerativeModelForm
 from .jobs import job_cancel, job_launch, job_progress, job_retry, jobs_sweep
-from .models import GeneratedImage, GenerationJob, GenerativeModel, WorkerReport
+from .models import GeneratedImage, GenerationJob, GenerativeModel, ModelVersion, WorkerReport
 from .registry import ModelRefused
 from .services import model_register, model_settings_update, worker_reports_request
 
@@ -44,17 +44,7 @@ class GenerativeModelAdmin(admin.ModelAdmin):
     change_form_template = "admin/generation/generativemodel/change_form.html"
 
     def get_fieldsets(self, request, obj=None):
-        settings = [
-            "scheduler",
-            "steps",
-            "guidance",
-            "size",
-            "prompts",
-            "negative_prompt",
-            "lora_scale",
-            "dtype",
-            "batch_size",
-        ]
+        settings = list(ModelVersion.SETTINGS)
         first = ["name", "description", "path", "lora_path"] + (
             ["pipeline_class", "native_size"] if obj else []
         )
