@@ -197,3 +197,16 @@ DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DATA_UPLOAD_MAX_NUMBER_FILES", 1000)
 MODELS_ROOT = Path(env_str("MODELS_ROOT", str(VAR_DIR / "models")))
 # Pipelines each worker process keeps loaded (least recently used goes first).
 PIPELINE_CACHE_SIZE = env_int("PIPELINE_CACHE_SIZE", 2)
+
+# --- Reader accounts and email ------------------------------------------------------
+# A new reader gets a one-time link to set a password (Django's password-reset
+# token: it stops working once used, or after this many seconds).
+PASSWORD_RESET_TIMEOUT = env_int("READER_LINK_SECONDS", 7 * 24 * 60 * 60)
+# With EMAIL_HOST set, the links are also emailed to readers who have an address.
+EMAIL_HOST = env_str("EMAIL_HOST", "")
+EMAIL_PORT = env_int("EMAIL_PORT", 587)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "reader-study@localhost")
+READER_LINKS_BY_EMAIL = bool(EMAIL_HOST)

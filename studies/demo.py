@@ -107,6 +107,12 @@ def demo_model_ensure(*, models_root: Path):
 
 
 DEMO_STUDY = "Demo study: real or synthetic?"
+DEMO_STUDY_REAL = 12
+DEMO_STUDY_SYNTHETIC = 12
+DEMO_OVERRIDE = (
+    "Demo: the model has random weights, so its images are noise that the audit rightly tells from "
+    "the phantoms. Opened anyway to show the labelling page."
+)
 DEMO_INSTRUCTIONS = """Each image is either a **real** radiograph or made by a **generative model**.
 
 Press **R** for real, **F** for fake (synthetic), **U** if unsure. Zoom with the mouse wheel, pan by
@@ -115,19 +121,33 @@ dragging, Shift-drag for window and level, **0** to reset.
 *Demo: the 'real' images are procedural phantoms, and the model has random weights.*"""
 
 
-def demo_study_ensure(*, readers) -> None:
-    """An open study of the demo's phantoms and generated images, for the demo readers."""
-    from generation.models import GeneratedImage
+def demo_study_ensure(*, readers, researcher=None) -> None:
+    """An open study of the demo's phantoms and generated images, for the demo readers.
 
-    from .models import Image, Study
+    It goes through the same life as any study (draft, prepare, ready, open). The
+    blinding audit flags the demo, rightly: a random-weight model makes noise, not
+    radiographs; it is opened anyway with that reason recorded, as a researcher would.
+    """
+    from generation.models import GenerativeModel
+
+    from .lifecycle import study_open, study_preparation_check, study_prepare
+    from .models import ImageSet, Study, StudyModel
     from .services import study_reader_add
 
     study = Study.objects.filter(title=DEMO_STUDY).first()
     if study is None:
         study = Study.objects.create(
-            title=DEMO_STUDY, status=Study.Status.OPEN, instructions=DEMO_INSTRUCTIONS
+            title=DEMO_STUDY, instructions=DEMO_INSTRUCTIONS, real_count=DEMO_STUDY_REAL, practice_count=2
         )
-    real = list(Image.objects.filter(image_set__name=DEMO_PHANTOM_SET, origin=Image.Origin.REAL)[:12])
-    made = GeneratedImage.objects.filter(version__model__name=DEMO_MODEL).select_related("image")[:12]
+        study.real_sets.add(ImageSet.objects.get(name=DEMO_PHANTOM_SET))
+        StudyModel.objects.create(
+            study=study, model=GenerativeModel.objects.get(name=DEMO_MODEL), count=DEMO_STUDY_SYNTHETIC
+        )
     for reader in readers:
-        study_reader_add(study=study, reader=reader, images=real + [g.image for g in made])
+        study_reader_add(study=study, reader=reader)
+    if study.status == Study.Status.DRAFT:
+        study = study_prepare(study=study)
+    if study.status == Study.Status.PREPARING:
+        study = study_preparation_check(study=study)
+    if study.status == Study.Status.READY:
+        study_open(study=study, user=researcher, override_reason=DEMO_OVERRIDE)

@@ -2,10 +2,11 @@
 
 from dataclasses import dataclass
 
-from django.db.models import Count, Q
+from django.core.exceptions import ValidationError
+from django.db.models import Count, Max, Q
 from django.http import Http404
 
-from .models import Presentation, Study, StudyReader
+from .models import Presentation, Study, StudyImage, StudyReader
 
 
 def presentation_for_reader(*, user, presentation_id, open_only: bool = True) -> Presentation:
@@ -23,6 +24,16 @@ def presentation_for_reader(*, user, presentation_id, open_only: bool = True) ->
         )
     except (Presentation.DoesNotExist, ValueError):
         raise Http404 from None
+
+
+def reader_file(presentation: Presentation):
+    """The file a reader gets for a presentation: the study's resized copy where there is one."""
+    copy = (
+        StudyImage.objects.filter(study=presentation.study_id, image=presentation.image_id)
+        .exclude(file="")
+        .first()
+    )
+    return copy.file if copy else presentation.image.file
 
 
 def study_for_reader(*, user, study_id) -> Study:
@@ -43,23 +54,84 @@ class ReaderState:
     next: Presentation | None
     answered: int
     total: int
+    practice_total: int = 0
 
     @property
     def done(self) -> bool:
         return self.current is None
 
 
-def reader_state(*, user, study: Study) -> ReaderState:
-    """Where a reader is: the first unanswered presentation and the one after it."""
-    mine = Presentation.objects.filter(study=study, reader=user)
-    total = mine.count()
-    pending = list(mine.filter(answer__isnull=True).order_by("position")[:2])
-    return ReaderState(
-        current=pending[0] if pending else None,
-        next=pending[1] if len(pending) > 1 else None,
-        answered=total - mine.filter(answer__isnull=True).count(),
-        total=total,
+def reader_state(*, user, study: Study, at=None) -> ReaderState:
+    """Where a reader is: the first unanswered presentation and the one after it.
+
+    `at` (a presentation id) is a step back to an answered image, where the study
+    allows going back; anything else there is a 404, like every other probe.
+    """
+    mine = Presentation.objects.filter(study=study, reader=user).select_related("study")
+    counts = mine.aggregate(
+        total=Count("pk"),
+        answered=Count("pk", filter=Q(answer__isnull=False)),
+        practice=Count("pk", filter=Q(is_practice=True)),
     )
+    pending = list(mine.filter(answer__isnull=True).order_by("position")[:2])
+    current = pending[0] if pending else None
+    following = pending[1] if len(pending) > 1 else None
+    if at is not None:
+        if not study.allow_back:
+            raise Http404
+        try:
+            current, following = mine.get(pk=at, answer__isnull=False, is_practice=False), current
+        except (Presentation.DoesNotExist, ValueError, ValidationError):
+            raise Http404 from None
+    return ReaderState(
+        current=current,
+        next=following,
+        answered=counts["answered"],
+        total=counts["total"],
+        practice_total=counts["practice"],
+    )
+
+
+def previous_for_reader(presentation: Presentation) -> Presentation | None:
+    """The answered study image before this one, for going back (never practice)."""
+    return (
+        Presentation.objects.filter(
+            study=presentation.study_id,
+            reader=presentation.reader_id,
+            position__lt=presentation.position,
+            is_practice=False,
+            answer__isnull=False,
+        )
+        .order_by("-position")
+        .first()
+    )
+
+
+def study_progress(study: Study) -> list[dict]:
+    """Each reader's progress, for researchers: answered / total and the last answer's time."""
+    rows = (
+        Presentation.objects.filter(study=study, is_practice=False)
+        .values("reader", "reader__username")
+        .annotate(
+            total=Count("pk"),
+            answered=Count("pk", filter=Q(answer__isnull=False)),
+            last=Max("answer__updated"),
+        )
+        .order_by("reader__username")
+    )
+    seen = {row["reader"] for row in rows}
+    waiting = [
+        {
+            "reader": place.reader_id,
+            "reader__username": place.reader.username,
+            "total": 0,
+            "answered": 0,
+            "last": None,
+        }
+        for place in study.readers.select_related("reader")
+        if place.reader_id not in seen
+    ]
+    return list(rows) + waiting
 
 
 def studies_for_reader(*, user) -> list[dict]:

@@ -1,11 +1,10 @@
 """Writes of reader studies: readers' sequences and their answers."""
 
-import random
 import secrets
 
 from django.db import IntegrityError, transaction
 
-from .models import Answer, Image, Presentation, Study, StudyReader
+from .models import Answer, Presentation, Study, StudyReader
 
 
 class AnswerRefused(Exception):
@@ -17,23 +16,22 @@ class StudyClosed(AnswerRefused):
 
 
 @transaction.atomic
-def study_reader_add(*, study: Study, reader, images: list[Image]) -> StudyReader:
-    """Give a reader their own sequence: the images shuffled with a recorded secure seed.
+def study_reader_add(*, study: Study, reader) -> StudyReader:
+    """Put a reader in a study, with the seed of their own order of images.
 
     The seed comes from the operating system's secure source, so no reader can
     predict an order; recorded, it lets a researcher rebuild the order exactly.
+    The sequence itself is made when the study opens, or at once if it is open.
     """
-    place, created = StudyReader.objects.get_or_create(
+    from .lifecycle import sequence_build
+
+    # Locked, so that a reader added while the study opens still gets a sequence.
+    study = Study.objects.select_for_update().get(pk=study.pk)
+    place, _ = StudyReader.objects.get_or_create(
         study=study, reader=reader, defaults={"seed": secrets.randbits(63)}
     )
-    if not created:
-        return place
-    order = list(images)
-    random.Random(place.seed).shuffle(order)
-    Presentation.objects.bulk_create(
-        Presentation(study=study, reader=reader, image=image, position=position)
-        for position, image in enumerate(order)
-    )
+    if study.status == Study.Status.OPEN:
+        sequence_build(place=place)
     return place
 
 
@@ -65,7 +63,9 @@ def answer_submit(*, presentation: Presentation, label: str, confidence=None, vi
         viewing_ms = 0
     existing = Answer.objects.filter(presentation=presentation).first()
     if existing:
-        return existing  # changing an answer needs allow_back, which comes with going back
+        return _answer_change(
+            existing, study=study, label=label, confidence=confidence, viewing_ms=viewing_ms
+        )
     try:
         with transaction.atomic():
             return Answer.objects.create(
@@ -73,3 +73,21 @@ def answer_submit(*, presentation: Presentation, label: str, confidence=None, vi
             )
     except IntegrityError:
         return Answer.objects.get(presentation=presentation)
+
+
+def _answer_change(answer: Answer, *, study: Study, label: str, confidence, viewing_ms: int) -> Answer:
+    """A second answer to the same presentation: a retry changes nothing; a change needs allow_back.
+
+    Where going back is not allowed, the first answer stands (a double click or
+    a second tab is not a change of mind). A change adds its viewing time, so
+    `viewing_ms` stays the whole time the image was looked at.
+    """
+    if not study.allow_back or (answer.label, answer.confidence) == (label, confidence):
+        return answer
+    with transaction.atomic():
+        answer = Answer.objects.select_for_update().get(pk=answer.pk)
+        if (answer.label, answer.confidence) != (label, confidence):
+            answer.label, answer.confidence = label, confidence
+            answer.viewing_ms = min(answer.viewing_ms + viewing_ms, 24 * 3600 * 1000)
+            answer.save(update_fields=["label", "confidence", "viewing_ms", "updated"])
+    return answer

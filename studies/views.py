@@ -13,8 +13,15 @@ from django.utils.html import escape
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
-from .models import Study
-from .selectors import presentation_for_reader, reader_state, studies_for_reader, study_for_reader
+from .models import Image, Study
+from .selectors import (
+    presentation_for_reader,
+    previous_for_reader,
+    reader_file,
+    reader_state,
+    studies_for_reader,
+    study_for_reader,
+)
 from .services import AnswerRefused, StudyClosed, answer_submit
 
 logger = logging.getLogger(__name__)
@@ -46,36 +53,48 @@ def study_label(request, study_id):
         "done_url": reverse("study_done", args=[study.pk]),
         "ask_confidence": study.ask_confidence,
         "allow_unsure": study.allow_unsure,
-        "allow_back": False,
+        "allow_back": study.allow_back,
+        "time_limit_ms": (study.time_limit_seconds or 0) * 1000,
+        "time_limit_s": study.time_limit_seconds,
         "first_visit": reader_state(user=request.user, study=study).answered == 0,
     }
     return render(request, "studies/label.html", context)
 
 
-def _state_json(user, study: Study) -> dict:
-    state = reader_state(user=user, study=study)
-
-    def item(presentation, n):
-        if presentation is None:
-            return None
-        return {
-            "id": str(presentation.pk),
-            "image": reverse("presentation_image", args=[presentation.pk]),
-            "n": n,
-            "total": state.total,
-        }
-
-    return {
-        "current": item(state.current, state.answered + 1),
-        "next": item(state.next, state.answered + 2),
-        "done": state.done,
+def _item(presentation, state) -> dict | None:
+    """What the page may know of a presentation: a random id, an image URL, its place in the count."""
+    if presentation is None:
+        return None
+    practice = presentation.is_practice
+    if practice:
+        n, total = presentation.position + 1, state.practice_total
+    else:
+        n, total = presentation.position - state.practice_total + 1, state.total - state.practice_total
+    item = {
+        "id": str(presentation.pk),
+        "image": reverse("presentation_image", args=[presentation.pk]),
+        "n": n,
+        "total": total,
+        "practice": practice,
     }
+    if presentation.study.allow_back and not practice:
+        previous = previous_for_reader(presentation)
+        item["previous"] = str(previous.pk) if previous else None
+        answer = getattr(presentation, "answer", None)
+        item["answer"] = {"label": answer.label, "confidence": answer.confidence} if answer else None
+    return item
+
+
+def _state_json(user, study: Study, at=None) -> dict:
+    state = reader_state(user=user, study=study, at=at)
+    return {"current": _item(state.current, state), "next": _item(state.next, state), "done": state.done}
 
 
 @require_GET
 def study_state(request, study_id):
     study = study_for_reader(user=request.user, study_id=study_id)
-    return JsonResponse(_state_json(request.user, study), headers={"Cache-Control": "no-store"})
+    state = _state_json(request.user, study, at=request.GET.get("at"))
+    return JsonResponse(state, headers={"Cache-Control": "no-store"})
 
 
 @require_POST
@@ -94,7 +113,13 @@ def presentation_answer(request, presentation_id):
         return JsonResponse({"error": str(exc), "closed": True}, status=409)
     except AnswerRefused as exc:
         return JsonResponse({"error": str(exc)}, status=400)
-    return JsonResponse(_state_json(request.user, presentation.study), headers={"Cache-Control": "no-store"})
+    state = _state_json(request.user, presentation.study)
+    if presentation.is_practice:
+        # Practice only: the truth, so readers learn the task. Study images never get it.
+        state["feedback"] = {
+            "truth": "fake" if presentation.image.origin == Image.Origin.SYNTHETIC else "real"
+        }
+    return JsonResponse(state, headers={"Cache-Control": "no-store"})
 
 
 @require_GET
@@ -118,16 +143,17 @@ def presentation_image(request, presentation_id):
     No Last-Modified, no ETag, no file name: nothing but the pixels differs
     between a real and a synthetic image.
     """
-    image = presentation_for_reader(user=request.user, presentation_id=presentation_id).image
+    presentation = presentation_for_reader(user=request.user, presentation_id=presentation_id)
+    file = reader_file(presentation)
     if settings.READER_IMAGE_ACCEL_PREFIX:
         response = HttpResponse(content_type="image/png")
-        response["X-Accel-Redirect"] = settings.READER_IMAGE_ACCEL_PREFIX + image.file.name
+        response["X-Accel-Redirect"] = settings.READER_IMAGE_ACCEL_PREFIX + file.name
     else:
         try:
-            with image.file.open("rb") as f:
+            with file.open("rb") as f:
                 response = HttpResponse(f.read(), content_type="image/png")
         except FileNotFoundError:
-            logger.error("The file of image %s is missing from MEDIA_ROOT", image.pk)
+            logger.error("The file of image %s is missing from MEDIA_ROOT", presentation.image_id)
             raise Http404 from None
     response["Cache-Control"] = "private, no-store"
     return response

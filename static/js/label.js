@@ -21,6 +21,8 @@
     loginUrl: app.dataset.loginUrl,
     askConfidence: app.dataset.askConfidence === "true",
     allowUnsure: app.dataset.allowUnsure === "true",
+    allowBack: app.dataset.allowBack === "true",
+    timeLimitMs: Number(app.dataset.timeLimitMs || 0),
   };
   const csrfToken = document.querySelector('meta[name="csrf-token"]')?.content ?? "";
   const loginPath = new URL(cfg.loginUrl, location.href).pathname;
@@ -32,6 +34,10 @@
   const statusEl = $("status");
   const pauseOverlay = $("pause-overlay");
   const stopOverlay = $("stop-overlay");
+  const timeupOverlay = $("timeup-overlay");
+  const feedbackOverlay = $("feedback-overlay");
+  const feedbackContinue = $("feedback-continue");
+  const backBtn = $("back-btn");
   const progressText = $("progress-text");
   const progressBar = $("progress-bar");
   const pauseBtn = $("pause-btn");
@@ -47,7 +53,7 @@
   const confGroup = document.querySelector(".confidence-group");
 
   // ---- State -------------------------------------------------------------------
-  let phase = "loading"; // loading | viewing | sending | stopped
+  let phase = "loading"; // loading | viewing | sending | feedback | stopped
   let paused = false;
   let current = null; // {id, image, n, total} of the image on screen
   let shownUrl = null; // blob: URL on screen
@@ -55,6 +61,8 @@
   let choice = { label: null, confidence: null };
   let acceptAfter = Infinity;
   let focusBack = null;
+  let timeUp = false; // the study's time limit hid the image; answering is still open
+  let afterFeedback = null; // the state to go on to once the reader has read a practice answer
   const clock = { start: 0, pausedMs: 0, pauseStart: null };
   const view = { scale: 1, tx: 0, ty: 0, contrast: 1, brightness: 1 };
 
@@ -155,6 +163,9 @@
     pauseBtn.setAttribute("aria-pressed", String(paused));
     pauseBtn.querySelector(".pause-word").textContent = paused ? "Resume" : "Pause";
     pauseOverlay.hidden = !paused;
+    timeupOverlay.hidden = !timeUp || paused || phase !== "viewing";
+    img.classList.toggle("is-timeup", timeUp);
+    if (backBtn) backBtn.disabled = !active || !current?.previous;
     img.classList.toggle("is-paused", paused);
     stage.classList.toggle("is-viewable", (phase === "viewing" || phase === "sending") && !paused);
     loadingNote.hidden = phase !== "loading";
@@ -167,7 +178,7 @@
   }
 
   function showProgress(item) {
-    progressText.textContent = `${item.n} of ${item.total}`;
+    progressText.textContent = item.practice ? `Practice ${item.n} of ${item.total}` : `${item.n} of ${item.total}`;
     progressBar.max = item.total;
     progressBar.value = item.n - 1;
     progressBar.setAttribute("aria-valuetext", `${item.n - 1} of ${item.total} labelled`);
@@ -218,6 +229,15 @@
     const pausedNow = clock.pauseStart === null ? 0 : now() - clock.pauseStart;
     return Math.max(0, Math.round(now() - clock.start - clock.pausedMs - pausedNow));
   }
+
+  // The time limit counts viewing time only: a pause stops it, like the clock.
+  setInterval(() => {
+    if (!cfg.timeLimitMs || timeUp || phase !== "viewing" || paused) return;
+    if (viewingMs() >= cfg.timeLimitMs) {
+      timeUp = true;
+      render();
+    }
+  }, 100);
 
   function setPaused(value) {
     if (value === paused || (value && phase !== "viewing") || phase === "stopped") return;
@@ -278,6 +298,7 @@
     clock.pauseStart = null;
     choice = { label: null, confidence: null };
     acceptAfter = Infinity;
+    timeUp = false;
     img.classList.add("is-hidden");
     render();
 
@@ -308,6 +329,11 @@
     clock.pauseStart = null;
     acceptAfter = clock.start + SETTLE_MS;
     phase = "viewing";
+    if (item.answer) {
+      // Back at an answered image: its answer shows as chosen; the same answer again goes on.
+      choice = { label: item.answer.label, confidence: item.answer.confidence };
+      setStatus("Your earlier answer is marked. Choose again to change it, or the same to go on.");
+    }
     render();
     setTimeout(render, SETTLE_MS + 20);
     if (document.visibilityState === "hidden") setPaused(true);
@@ -376,7 +402,57 @@
       stopFor(err);
       return;
     }
+    if (state.feedback) {
+      showFeedback(state);
+      return;
+    }
     try {
+      await follow(state);
+    } catch (err) {
+      stopFor(err);
+    }
+  }
+
+  // ---- Practice feedback and going back ----------------------------------------------------
+  const LABEL_WORDS = { real: "real", fake: "fake", unsure: "unsure" };
+
+  function showFeedback(state) {
+    const truth = state.feedback.truth;
+    phase = "feedback";
+    afterFeedback = state;
+    $("feedback-title").textContent = truth === "real" ? "A real radiograph" : "A synthetic image";
+    const verdict = choice.label === truth ? "right" : choice.label === "unsure" ? "unsure" : "not right";
+    $("feedback-text").textContent =
+      `You answered ${LABEL_WORDS[choice.label]}: ${verdict}. ` +
+      "Practice only: the study's own images never show the truth.";
+    feedbackOverlay.hidden = false;
+    render();
+    feedbackContinue.focus({ preventScroll: true });
+  }
+
+  async function leaveFeedback() {
+    if (phase !== "feedback") return;
+    feedbackOverlay.hidden = true;
+    const state = afterFeedback;
+    afterFeedback = null;
+    try {
+      await follow(state);
+    } catch (err) {
+      stopFor(err);
+    }
+  }
+
+  async function goBack() {
+    if (!cfg.allowBack || !canAnswer() || !current?.previous) return;
+    const url = new URL(cfg.stateUrl, location.href);
+    url.searchParams.set("at", current.previous);
+    phase = "loading";
+    render();
+    try {
+      const state = await withRetry(
+        async () => readJson(await fetch(url, { credentials: "same-origin", cache: "no-store" })),
+        "Could not reach the server.",
+      );
       await follow(state);
     } catch (err) {
       stopFor(err);
@@ -501,6 +577,8 @@
     button.addEventListener("click", () => chooseConfidence(Number(button.dataset.confidence)));
   }
   pauseBtn.addEventListener("click", () => setPaused(!paused));
+  feedbackContinue.addEventListener("click", leaveFeedback);
+  if (backBtn) backBtn.addEventListener("click", goBack);
   resumeBtn.addEventListener("click", () => setPaused(false));
 
   document.addEventListener("keydown", (e) => {
@@ -510,6 +588,13 @@
       return;
     }
     const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+    if (phase === "feedback") {
+      if (key === "Enter" || key === " ") {
+        e.preventDefault();
+        leaveFeedback();
+      }
+      return;
+    }
     let handled = true;
     switch (key) {
       case "r":
@@ -532,6 +617,10 @@
         break;
       case "p":
         setPaused(!paused);
+        break;
+      case "b":
+        if (cfg.allowBack) goBack();
+        else handled = false;
         break;
       case "i":
         setInstructions(instructions.hidden);

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from .images import reader_image_name
+
 
 class Study(models.Model):
     """A reader study: which images, which readers, how they answer, in which state."""
@@ -26,6 +28,44 @@ class Study(models.Model):
         default=False, help_text="Ask a confidence from 1 to 5 with each answer."
     )
     allow_back = models.BooleanField(default=False, help_text="Let readers go back and change answers.")
+    # What the study shows: drawn at "prepare", frozen when the study opens.
+    real_sets = models.ManyToManyField(
+        "studies.ImageSet",
+        blank=True,
+        related_name="studies",
+        help_text="Sets to draw real radiographs from.",
+    )
+    real_count = models.PositiveIntegerField(default=0, help_text="How many real radiographs.")
+    repeat_percent = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Intra-reader repeats: this share of images (0 to 50%) is shown a second time, "
+        "at least half a sequence after the first.",
+    )
+    practice_count = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Practice images before the study, with the truth shown after each answer; "
+        "drawn from images outside the study, half real, half synthetic.",
+    )
+    time_limit_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Optional: the image is hidden after this many seconds of viewing."
+    )
+    selection_seed = models.BigIntegerField(
+        null=True, blank=True, editable=False, help_text="Seed of the draw of images (secure, recorded)."
+    )
+    audit_report = models.JSONField(default=dict, blank=True, editable=False)
+    override_reason = models.TextField(
+        blank=True, editable=False, help_text="Why the study was opened although the blinding audit warned."
+    )
+    opened_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        editable=False,
+        related_name="+",
+    )
+    opened = models.DateTimeField(null=True, blank=True, editable=False)
+    closed = models.DateTimeField(null=True, blank=True, editable=False)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -34,6 +74,75 @@ class Study(models.Model):
 
     def __str__(self):
         return self.title
+
+    @property
+    def is_editable(self) -> bool:
+        """What the study shows can change only in a draft; "prepare" draws from it."""
+        return self.status == self.Status.DRAFT
+
+
+class StudyModel(models.Model):
+    """An arm of a study: a generative model and how many of its images to show."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="arms")
+    model = models.ForeignKey("generation.GenerativeModel", on_delete=models.PROTECT, related_name="+")
+    count = models.PositiveIntegerField(help_text="How many of its images to show.")
+    version = models.ForeignKey(
+        "generation.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        editable=False,
+        related_name="+",
+        help_text="The settings version the images come from, fixed at prepare.",
+    )
+    job = models.ForeignKey(
+        "generation.GenerationJob",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        editable=False,
+        related_name="+",
+        help_text="The job that made what was missing.",
+    )
+
+    class Meta:
+        ordering = ["study", "model__name"]
+        verbose_name = "model arm"
+        constraints = [
+            models.UniqueConstraint(fields=["study", "model"], name="one_arm_per_model_and_study"),
+            models.CheckConstraint(condition=Q(count__gte=1), name="arm_count_positive"),
+        ]
+
+    def __str__(self):
+        return f"{self.count} images of {self.model}"
+
+
+def study_image_name(instance, filename) -> str:
+    return reader_image_name(instance, filename)
+
+
+class StudyImage(models.Model):
+    """An image drawn for a study (or for its practice), frozen once the study opens.
+
+    `file` holds the image at the study's size where that differs from the stored
+    reader image; real and synthetic images are resized the same way, from the
+    same kind of file.
+    """
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="images")
+    image = models.ForeignKey("studies.Image", on_delete=models.PROTECT, related_name="+")
+    practice = models.BooleanField(default=False)
+    file = models.FileField(upload_to=study_image_name, blank=True, max_length=100)
+
+    class Meta:
+        ordering = ["study", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "image"], name="one_place_per_image_and_study")
+        ]
+
+    def __str__(self):
+        return f"{self.image} in {self.study}" + (" (practice)" if self.practice else "")
 
 
 class StudyReader(models.Model):
@@ -70,6 +179,10 @@ class Presentation(models.Model):
     )
     image = models.ForeignKey("studies.Image", on_delete=models.PROTECT, related_name="presentations")
     position = models.PositiveIntegerField()
+    is_repeat = models.BooleanField(default=False, help_text="The second showing of an image to this reader.")
+    is_practice = models.BooleanField(
+        default=False, help_text="Practice: the truth is shown after the answer."
+    )
 
     class Meta:
         ordering = ["study", "reader", "position"]

@@ -7,7 +7,7 @@ import numpy as np
 from studies.images import image_build
 from studies.imaging.decode import Decoded
 from studies.imaging.phantoms import phantom
-from studies.models import Image, ImageSet, Study
+from studies.models import Image, ImageSet, Study, StudyImage
 from studies.services import study_reader_add
 
 
@@ -35,17 +35,41 @@ def make_images(count: int) -> list[Image]:
     return images
 
 
+def make_real_set(count: int, name: str = "phantoms") -> ImageSet:
+    """A set of real (phantom) radiographs, as an import would leave it."""
+    image_set = ImageSet.objects.create(name=name)
+    for index in range(count):
+        pixels = phantom(index, 256)
+        decoded = Decoded(pixels=pixels, source_format="PNG", width=256, height=256, bit_depth=16)
+        image_build(
+            decoded=decoded, origin=Image.Origin.REAL, source_sha256=uuid.uuid4().hex * 2, image_set=image_set
+        ).save()
+    return image_set
+
+
 def make_open_study(
-    reader, *, images: int = 6, ask_confidence: bool = False, allow_unsure: bool = True, readers=()
+    reader,
+    *,
+    images: int = 6,
+    ask_confidence: bool = False,
+    allow_unsure: bool = True,
+    readers=(),
+    practice: int = 0,
+    **options,
 ) -> Study:
+    """An open study of `images` images (and `practice` practice images) for the readers given."""
     study = Study.objects.create(
         title="Chest X-ray realism",
         status=Study.Status.OPEN,
         ask_confidence=ask_confidence,
         allow_unsure=allow_unsure,
         instructions="Label each image **real** or **fake**.",
+        **options,
     )
-    pool = make_images(images)
+    pool = make_images(images + practice)
+    StudyImage.objects.bulk_create(
+        StudyImage(study=study, image=image, practice=index >= images) for index, image in enumerate(pool)
+    )
     for person in (reader, *readers):
-        study_reader_add(study=study, reader=person, images=pool)
+        study_reader_add(study=study, reader=person)
     return study

@@ -103,7 +103,7 @@ def test_the_demo_serves_the_login_page_with_a_worker_and_stops_on_ctrl_c(tmp_pa
         assert demo_images(tmp_path) == 24
         with sqlite3.connect(tmp_path / "db.sqlite3", timeout=20) as db:
             seeded = db.execute("SELECT COUNT(*) FROM studies_presentation").fetchone()[0]
-        assert seeded == 2 * 24  # the demo study, for both demo readers
+        assert seeded == 2 * (24 + 2)  # the demo study with 2 practice images, for both readers
     finally:
         demo.send_signal(signal.SIGINT)
         code = demo.wait(timeout=60)

@@ -242,3 +242,55 @@ def test_the_page_fits_the_screen_and_shows_where_the_focus_is(tabs, reader, wid
             seen[name] = (style, outline_width)
     assert len(seen) == buttons
     assert all(style != "none" and outline_width >= 2 for style, outline_width in seen.values()), seen
+
+
+def test_practice_shows_the_truth_and_going_back_changes_an_answer(tabs, reader):
+    study = make_open_study(reader, images=3, practice=1, allow_back=True)
+    practice = Presentation.objects.get(study=study, reader=reader, is_practice=True)
+    truth = "A real radiograph" if practice.image.origin == "real" else "A synthetic image"
+    tab = tabs()
+    page = tab.page
+    tab.log_in("reader", "reader-pass")
+    tab.open_study(study)
+    expect(tab.progress()).to_have_text("Practice 1 of 1")
+    page.keyboard.press("u")
+    expect(page.get_by_role("alert")).to_contain_text(truth)
+    expect(page.get_by_role("button", name="Continue")).to_be_focused()
+    page.keyboard.press("Enter")
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("1 of 3")
+    expect(page.get_by_role("button", name="Back")).to_be_disabled()  # nothing to go back to but practice
+
+    page.keyboard.press("r")
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("2 of 3")
+    page.keyboard.press("b")
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("1 of 3")
+    expect(page.get_by_role("button", name="Real", exact=True)).to_have_attribute("aria-pressed", "true")
+    page.keyboard.press("f")  # changed mind
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("2 of 3")
+    page.keyboard.press("r")
+    tab.wait_ready()
+    page.keyboard.press("r")
+    expect(page).to_have_url(re.compile(rf"/study/{study.pk}/done/$"))
+    labels = [a.label for a in answers_of(study, reader)]
+    assert labels == ["unsure", "fake", "real", "real"]
+    assert "truth" not in page.content()
+
+
+def test_the_time_limit_hides_the_image_and_the_answer_still_counts(tabs, reader):
+    study = make_open_study(reader, images=2, time_limit_seconds=1)
+    tab = tabs()
+    page = tab.page
+    tab.log_in("reader", "reader-pass")
+    tab.open_study(study)
+    expect(page.get_by_text("Time is up")).to_be_visible(timeout=5000)
+    expect(page.get_by_role("img", name="Radiograph to label")).to_be_hidden()
+    page.keyboard.press("f")
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("2 of 2")
+    expect(page.get_by_text("Time is up")).to_be_hidden()
+    (answer,) = answers_of(study, reader)
+    assert answer.label == "fake" and answer.viewing_ms >= 1000

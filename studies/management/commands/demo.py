@@ -48,7 +48,10 @@ class Command(BaseCommand):
         readers = get_user_model().objects.filter(
             username__in=[a.username for a in accounts if a.role == "reader"]
         )
-        demo_study_ensure(readers=readers)
+        researcher = get_user_model().objects.filter(
+            is_staff=True, username__in=[a.username for a in accounts]
+        )
+        demo_study_ensure(readers=readers, researcher=researcher.first())
         url = f"http://{addr}/"
         out = self.stdout
         out.write("")

@@ -1,3 +1,5 @@
+"""Admin of real image sets, their imports, and the images readers see."""
+
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import RequestDataTooBig, TooManyFilesSent
@@ -8,10 +10,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from .forms import ImageUploadForm
-from .imports import import_jobs_retry
-from .models import Image, ImageSet, ImportJob, ImportResult, Presentation, Study
-from .uploads import import_job_create
+from ..forms import ImageUploadForm
+from ..imports import import_jobs_retry
+from ..models import Image, ImageSet, ImportJob, ImportResult
+from ..uploads import import_job_create
 
 
 @admin.register(ImageSet)
@@ -196,16 +198,3 @@ class ImageAdmin(admin.ModelAdmin):
             raise Http404
         name = image.source_name.rsplit("/", 1)[-1] or f"image-{image.pk}"
         return FileResponse(image.original.open("rb"), as_attachment=True, filename=name)
-
-
-@admin.register(Study)
-class StudyAdmin(admin.ModelAdmin):
-    list_display = ["title", "status", "image_size", "created"]
-    list_filter = ["status"]
-
-
-@admin.register(Presentation)
-class PresentationAdmin(admin.ModelAdmin):
-    list_display = ["study", "reader", "position", "image"]
-    list_filter = ["study"]
-    raw_id_fields = ["image", "reader"]

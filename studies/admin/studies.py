@@ -1,0 +1,271 @@
+"""Admin of studies: design, the life from draft to closed, readers, the blinding audit, progress."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count, Q
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.views.decorators.http import require_POST
+
+from ..lifecycle import (
+    StudyRefused,
+    preparation_error,
+    preparation_jobs,
+    study_audit_store,
+    study_back_to_draft,
+    study_close,
+    study_open,
+    study_preparation_check,
+    study_prepare,
+)
+from ..models import Presentation, Study, StudyModel, StudyReader
+from ..readers import parse_new_readers, password_link, readers_create
+from ..selectors import study_progress
+from ..services import study_reader_add
+
+Status = Study.Status
+DESIGN_FIELDS = ["real_sets", "real_count", "image_size", "practice_count", "repeat_percent"]
+ANSWER_FIELDS = ["allow_unsure", "ask_confidence", "allow_back", "time_limit_seconds"]
+
+
+class StudyModelInline(admin.TabularInline):
+    model = StudyModel
+    extra = 1
+    fields = ["model", "count", "version", "job"]
+    readonly_fields = ["version", "job"]
+    verbose_name = "model under study"
+    verbose_name_plural = "Models under study (each arm: its images against every real image)"
+
+    def _editable(self, obj) -> bool:
+        return obj is None or obj.is_editable
+
+    def has_add_permission(self, request, obj=None):
+        return self._editable(obj) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return self._editable(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self._editable(obj) and super().has_delete_permission(request, obj)
+
+
+class StudyForm(forms.ModelForm):
+    class Meta:
+        model = Study
+        fields = [*["title", "instructions"], *DESIGN_FIELDS, *ANSWER_FIELDS]
+
+    def clean_repeat_percent(self):
+        value = self.cleaned_data["repeat_percent"]
+        if value > 50:
+            raise ValidationError(
+                "At most 50%: each repeat needs a first showing at least half a sequence away."
+            )
+        return value
+
+    def clean_image_size(self):
+        value = self.cleaned_data["image_size"]
+        if not 64 <= value <= 4096:
+            raise ValidationError("Choose a size from 64 to 4096 pixels.")
+        return value
+
+
+class ReadersForm(forms.Form):
+    existing = forms.ModelMultipleChoiceField(
+        queryset=get_user_model().objects.none(),
+        required=False,
+        widget=forms.SelectMultiple(attrs={"size": 10}),
+        label="Existing accounts",
+        help_text="Hold Ctrl (Cmd on a Mac) to pick several.",
+    )
+    new = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 5, "placeholder": "dr_lee lee@example.org\ndr_khan"}),
+        label="New reader accounts",
+        help_text="One per line: a username, and optionally an email address. Each gets a one-time link "
+        "to set a password.",
+    )
+
+    def __init__(self, *args, study: Study, **kwargs):
+        super().__init__(*args, **kwargs)
+        taken = study.readers.values("reader")
+        self.fields["existing"].queryset = (
+            get_user_model().objects.filter(is_active=True).exclude(pk__in=taken).order_by("username")
+        )
+
+    def clean_new(self):
+        return parse_new_readers(self.cleaned_data["new"])
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    form = StudyForm
+    list_display = ["title", "status", "image_count", "reader_count", "created"]
+    list_filter = ["status"]
+    search_fields = ["title"]
+    filter_horizontal = ["real_sets"]
+    inlines = [StudyModelInline]
+    change_form_template = "admin/studies/study/change_form.html"
+    fieldsets = [
+        (None, {"fields": ["title", "instructions"]}),
+        ("Images", {"fields": DESIGN_FIELDS}),
+        ("Answers", {"fields": ANSWER_FIELDS}),
+    ]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(n_images=Count("images", distinct=True), n_readers=Count("readers", distinct=True))
+        )
+
+    @admin.display(description="Images", ordering="n_images")
+    def image_count(self, obj):
+        return obj.n_images
+
+    @admin.display(description="Readers", ordering="n_readers")
+    def reader_count(self, obj):
+        return obj.n_readers
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None or obj.is_editable:
+            return []
+        frozen = list(DESIGN_FIELDS)
+        if obj.status == Status.PREPARING:  # the page reloads itself: nothing to type there
+            return ["title", "instructions", *DESIGN_FIELDS, *ANSWER_FIELDS]
+        if obj.status in (Status.OPEN, Status.CLOSED):
+            frozen += ANSWER_FIELDS
+        return frozen
+
+    def get_urls(self):
+        def view(fn, name, post=True):
+            wrapped = self.admin_site.admin_view(require_POST(fn) if post else fn)
+            return path(f"<int:pk>/{name}/", wrapped, name=f"studies_study_{name.replace('-', '_')}")
+
+        return [
+            view(self.prepare_view, "prepare"),
+            view(self.draft_view, "back-to-draft"),
+            view(self.open_view, "open"),
+            view(self.close_view, "close"),
+            view(self.audit_view, "audit"),
+            view(self.readers_view, "readers", post=False),
+            view(self.link_view, "link"),
+            *super().get_urls(),
+        ]
+
+    def _study(self, request, pk) -> Study:
+        study = get_object_or_404(Study, pk=pk)
+        if not self.has_change_permission(request, study):
+            raise PermissionDenied
+        return study
+
+    def _step(self, request, pk, step, done: str):
+        study = self._study(request, pk)
+        try:
+            step(study)
+        except StudyRefused as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, done)
+        return redirect("admin:studies_study_change", pk)
+
+    def prepare_view(self, request, pk):
+        return self._step(
+            request, pk, lambda s: study_prepare(study=s), "Preparing: missing images are being generated."
+        )
+
+    def draft_view(self, request, pk):
+        return self._step(request, pk, lambda s: study_back_to_draft(study=s), "The study is a draft again.")
+
+    def open_view(self, request, pk):
+        reason = request.POST.get("override_reason", "")
+        return self._step(
+            request,
+            pk,
+            lambda s: study_open(study=s, user=request.user, override_reason=reason),
+            "The study is open: its readers can start.",
+        )
+
+    def close_view(self, request, pk):
+        return self._step(request, pk, lambda s: study_close(study=s), "The study is closed.")
+
+    def audit_view(self, request, pk):
+        return self._step(
+            request, pk, lambda s: study_audit_store(study=s), "The blinding audit was run again."
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        study = Study.objects.filter(pk=object_id).first()
+        extra = dict(extra_context or {})
+        if study is not None:
+            if study.status == Status.PREPARING:
+                study = study_preparation_check(study=study)
+            extra.update(_lifecycle_context(study))
+        return super().change_view(request, object_id, form_url, extra_context=extra)
+
+    def readers_view(self, request, pk):
+        study = self._study(request, pk)
+        form = ReadersForm(request.POST or None, study=study)
+        created = []
+        if request.method == "POST" and form.is_valid():
+            for user in form.cleaned_data["existing"]:
+                study_reader_add(study=study, reader=user)
+            created = readers_create(
+                study=study, accounts=form.cleaned_data["new"], base_url=request.build_absolute_uri("/")
+            )
+            added = len(form.cleaned_data["existing"]) + len(created)
+            messages.success(request, f"{added} reader{'s' if added != 1 else ''} added.")
+            if not created:
+                return redirect("admin:studies_study_readers", pk)
+            form = ReadersForm(study=study)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "study": study,
+            "form": form,
+            "created": created,
+            "progress": study_progress(study),
+            "title": f"Readers of {study}",
+        }
+        return TemplateResponse(request, "admin/studies/study/readers.html", context)
+
+    def link_view(self, request, pk):
+        """A new one-time link for a reader who has not set a password (lost, expired)."""
+        study = self._study(request, pk)
+        place = get_object_or_404(StudyReader, study=study, reader_id=request.POST.get("reader"))
+        if place.reader.has_usable_password():
+            messages.error(request, f"{place.reader} has set a password already; they can log in.")
+        else:
+            link = password_link(place.reader, base_url=request.build_absolute_uri("/"))
+            messages.success(request, f"A new one-time link for {place.reader}: {link}")
+        return redirect("admin:studies_study_readers", pk)
+
+
+def _lifecycle_context(study: Study) -> dict:
+    from generation.jobs import job_progress
+
+    jobs = [(job, job_progress(job)) for job in preparation_jobs(study)]
+    counts = study.images.aggregate(
+        study=Count("pk", filter=Q(practice=False)), practice=Count("pk", filter=Q(practice=True))
+    )
+    return {
+        "study": study,
+        "steps": Status.choices,
+        "jobs": jobs,
+        "preparation_error": preparation_error(study) if study.status == Status.PREPARING else "",
+        "image_counts": counts,
+        "audit": study.audit_report or None,
+        "progress": study_progress(study),
+        "readers_url": reverse("admin:studies_study_readers", args=[study.pk]),
+        "presentations": Presentation.objects.filter(study=study).count(),
+    }
+
+
+
+@admin.register(Presentation)
+class PresentationAdmin(admin.ModelAdmin):
+    list_display = ["study", "reader", "position", "image", "is_practice", "is_repeat"]
+    list_filter = ["study", "is_practice", "is_repeat"]
+    raw_id_fields = ["image", "reader"]
