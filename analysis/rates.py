@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 from scipy.stats import beta, norm
 
 Z95 = float(norm.ppf(0.975))
@@ -37,3 +38,16 @@ def fakeness_score(label: str, confidence: int | None) -> float:
     if not 1 <= confidence <= 5:
         raise ValueError(f"confidence {confidence} is outside 1..5")
     return {"real": 6.0 - confidence, "unsure": 6.0, "fake": 6.0 + confidence}[label]
+
+
+def fakeness_bins(label, confidence, has_confidence: bool):
+    """The fakeness score of many reads as bins in increasing order of score.
+
+    Labels are codes (0 real, 1 fake, 2 unsure). With confidences, bin b is the
+    score b + 1 (1..11); without, bins 0, 1, 2 are the scores 0, 0.5, 1.
+    """
+    label, confidence = np.asarray(label), np.asarray(confidence)
+    real, unsure = label == 0, label == 2
+    if has_confidence:
+        return np.select([real, unsure], [5 - confidence, 5], default=5 + confidence)
+    return np.select([real, unsure], [0, 1], default=2)

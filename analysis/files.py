@@ -1,0 +1,112 @@
+"""The result files of analysis.md: summary.csv, cohen_kappa.csv and one imrmc_<model>.csv per arm."""
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .rates import fakeness_bins
+from .reads import Reads
+from .summary import COHEN_COLUMNS, SUMMARY_COLUMNS, Summary
+
+
+def cell(value) -> str:
+    """How a value is written: empty when undefined, floats to 6 significant digits."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not np.isfinite(value) else format(value, ".6g")
+    return str(value)
+
+
+def _table(columns: list[str], rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([cell(row[column]) for column in columns])
+    return buffer.getvalue()
+
+
+def summary_csv(summary: Summary) -> str:
+    return _table(SUMMARY_COLUMNS, summary.rows)
+
+
+def cohen_csv(summary: Summary) -> str:
+    return _table(COHEN_COLUMNS, summary.cohen)
+
+
+def safe_name(name: str) -> str:
+    """A model's name as it can stand in a file name and in an iMRMC field."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+
+
+def imrmc_names(models: list[str]) -> dict[str, str]:
+    """model -> its iMRMC file name, distinct even where two names clean up alike."""
+    names, taken = {}, set()
+    for model in models:
+        base = f"imrmc_{safe_name(model)}"
+        name, n = f"{base}.csv", 2
+        while name.lower() in taken:
+            name, n = f"{base}_{n}.csv", n + 1
+        taken.add(name.lower())
+        names[model] = name
+    return names
+
+
+def imrmc_csv(reads: Reads, model: str) -> str:
+    """The arm of `model` in the input format of the FDA's iMRMC program.
+
+    Free header lines, then `BEGIN DATA:`, a `-1,case,0,truth` line per case
+    (truth 1 for a synthetic image) and a `reader,case,modality,score` line per
+    first read, the score being the fakeness score of analysis.md.
+    """
+    k = reads.models.index(model) + 1 if model in reads.models else -1
+    first = ~reads.repeat
+    in_arm = np.isin(reads.image_model[reads.image], [0, k]) & first
+    r, i = reads.reader[in_arm], reads.image[in_arm]
+    label, confidence = reads.label[in_arm].astype(np.int64), reads.confidence[in_arm].astype(np.int64)
+    score = fakeness_bins(label, confidence, reads.has_confidence)
+    values = score + 1.0 if reads.has_confidence else score / 2.0
+    cases = np.unique(i)
+    truth = (reads.image_model[cases] > 0).astype(int)
+    modality = safe_name(model)
+    lines = [
+        f"iMRMC input for the arm of model {model} in study {reads.study}: its synthetic images "
+        "(truth 1) against every real image (truth 0)",
+        "Score: the fakeness score of each reader's first read (real 6-c, unsure 6, fake 6+c "
+        "with confidence c; without a confidence real 0, unsure 0.5, fake 1)",
+        f"NR: {np.unique(r).size}",
+        f"N0: {int((truth == 0).sum())}",
+        f"N1: {int((truth == 1).sum())}",
+        "NM: 1",
+        "BEGIN DATA:",
+    ]
+    lines += [f"-1,{reads.images[case]},0,{flag}" for case, flag in zip(cases, truth, strict=True)]
+    order = np.lexsort((i, r))
+    lines += [
+        f"{reads.readers[r[j]]},{reads.images[i[j]]},{modality},{cell(float(values[j]))}" for j in order
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def result_files(reads: Reads, summary: Summary) -> dict[str, str]:
+    """File name -> text of every result file but answers.csv."""
+    files = {"summary.csv": summary_csv(summary), "cohen_kappa.csv": cohen_csv(summary)}
+    for model, name in imrmc_names(summary.models).items():
+        files[name] = imrmc_csv(reads, model)
+    return files
+
+
+def write_results(reads: Reads, summary: Summary, out: Path) -> list[Path]:
+    """Write the result files into the folder `out` (made if missing); the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in result_files(reads, summary).items():
+        path = out / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written

@@ -1,0 +1,318 @@
+"""A study's reads as columns of codes, built from `answers.csv` rows with every line checked.
+
+The web app builds `Reads` from the database and `analyze_csv` from an exported
+file; both go through `ReadsBuilder`, and names are coded in sorted order, so the
+same reads give the same arrays (and the same seeded bootstrap) either way.
+"""
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+ANSWER_COLUMNS = [
+    "study",
+    "reader",
+    "image",
+    "truth",
+    "model",
+    "prompt",
+    "label",
+    "confidence",
+    "seconds",
+    "position",
+    "is_repeat",
+    "answered_at",
+]
+LABELS = ("real", "fake", "unsure")  # codes 0, 1, 2
+LABEL_CODE = {label: code for code, label in enumerate(LABELS)}
+POOLED_GROUPS = ("all", "real")
+MAX_ERRORS = 20
+_BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
+
+
+class AnswersError(ValueError):
+    """Lines of an answers file that cannot be analysed, each with its line number."""
+
+    def __init__(self, problems: list[str], more: int = 0):
+        self.problems = problems
+        text = "\n".join(problems) + (f"\n... and {more} more problems" if more else "")
+        super().__init__(text)
+
+
+@dataclass(frozen=True)
+class Reads:
+    """Every read of one study. Arrays have one entry per read; names are sorted lists."""
+
+    study: str
+    readers: list[str]
+    images: list[str]
+    models: list[str]
+    image_model: np.ndarray  # per image: 0 for a real image, k for a synthetic image of models[k - 1]
+    reader: np.ndarray  # per read: index into readers
+    image: np.ndarray  # per read: index into images
+    label: np.ndarray  # per read: 0 real, 1 fake, 2 unsure
+    confidence: np.ndarray  # per read: 1..5, or 0 where the study did not ask
+    seconds: np.ndarray  # per read: viewing time (NaN where unknown)
+    repeat: np.ndarray  # per read: an intra-reader repeat
+
+    def __len__(self) -> int:
+        return int(self.reader.size)
+
+    @property
+    def has_confidence(self) -> bool:
+        return bool(self.confidence.size and self.confidence.max() > 0)
+
+
+class ReadsBuilder:
+    """Collects reads one at a time, checks each, and codes them when done.
+
+    A problem is recorded with its line and the rest still checked, so that one
+    pass names every bad line (the first MAX_ERRORS of them).
+    """
+
+    def __init__(self):
+        self.study: str | None = None
+        self._readers: dict[str, int] = {}
+        self._images: dict[str, int] = {}
+        self._image_kind: list[tuple[str, int]] = []  # (model or "", first line)
+        self._columns: tuple[list, ...] = ([], [], [], [], [], [])
+        self._firsts: set[tuple[int, int]] = set()
+        self._confidence_lines = [0, 0]  # the first line with, and without, a confidence
+        self.problems: list[str] = []
+        self.more = 0
+
+    def problem(self, line: int, message: str) -> None:
+        if len(self.problems) < MAX_ERRORS:
+            self.problems.append(f"line {line}: {message}")
+        else:
+            self.more += 1
+
+    def add(self, *, line, study, reader, image, truth, model, label, confidence, seconds, is_repeat) -> None:
+        """One read with typed values (confidence None or 1..5, seconds a number or None)."""
+        study, reader, image, model = str(study), str(reader), str(image), str(model or "")
+        bad = len(self.problems) + self.more
+        if self.study is None:
+            self.study = study
+        elif study != self.study:
+            self.problem(
+                line, f"study {study!r}, but the file began with study {self.study!r}: one study a file"
+            )
+        if not reader:
+            self.problem(line, "the reader is empty")
+        if not image:
+            self.problem(line, "the image is empty")
+        if truth not in ("real", "fake"):
+            self.problem(line, f"unknown truth {truth!r} (real or fake)")
+        elif truth == "fake" and not model:
+            self.problem(line, "a fake image needs the name of its model")
+        elif truth == "real" and model:
+            self.problem(line, f"a real image has no model, but this one names {model!r}")
+        elif model in POOLED_GROUPS:
+            self.problem(line, f"a model may not be called {model!r}: that name is a pooled group")
+        code = LABEL_CODE.get(label)
+        if code is None:
+            self.problem(line, f"unknown label {label!r} (real, fake or unsure)")
+        if confidence is not None and not (isinstance(confidence, int) and 1 <= confidence <= 5):
+            self.problem(line, f"confidence {confidence!r} is outside 1..5")
+        if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
+            self.problem(line, f"seconds {seconds!r} is not a viewing time")
+        if len(self.problems) + self.more > bad:
+            return
+        kind = self._images.get(image)
+        if kind is None:
+            self._images[image] = len(self._image_kind)
+            self._image_kind.append((model, line))
+            kind = self._images[image]
+        elif self._image_kind[kind][0] != model:
+            before, first = self._image_kind[kind]
+
+            def kind_of(name):
+                return f"an image of model {name!r}" if name else "a real image"
+
+            self.problem(line, f"image {image} is {kind_of(model)}, but {kind_of(before)} on line {first}")
+            return
+        reader_code = self._readers.setdefault(reader, len(self._readers))
+        if not is_repeat:
+            if (reader_code, kind) in self._firsts:
+                self.problem(line, f"{reader} reads image {image} a second time without is_repeat")
+                return
+            self._firsts.add((reader_code, kind))
+        slot = 0 if confidence is not None else 1
+        if not self._confidence_lines[slot]:
+            self._confidence_lines[slot] = line
+        for column, value in zip(
+            self._columns,
+            (reader_code, kind, code, confidence or 0, math.nan if seconds is None else seconds, is_repeat),
+            strict=True,
+        ):
+            column.append(value)
+
+    def add_row(self, line: int, row: dict) -> None:
+        """One read as a dict of typed answers.csv values (as the database export yields them)."""
+        self.add(
+            line=line,
+            study=row["study"],
+            reader=row["reader"],
+            image=row["image"],
+            truth=row["truth"],
+            model=row["model"],
+            label=row["label"],
+            confidence=row["confidence"],
+            seconds=row["seconds"],
+            is_repeat=bool(row["is_repeat"]),
+        )
+
+    def build(self) -> Reads:
+        with_c, without_c = self._confidence_lines
+        if with_c and without_c:
+            self.problem(
+                max(with_c, without_c),
+                f"{'no confidence' if without_c > with_c else 'a confidence'}, unlike line "
+                f"{min(with_c, without_c)}: the fakeness score needs a confidence on every read or on none",
+            )
+        if self.problems:
+            raise AnswersError(self.problems, self.more)
+        readers, reader_code = _sorted_codes(self._readers)
+        images, image_code = _sorted_codes(self._images)
+        models = sorted({model for model, _ in self._image_kind if model})
+        model_code = {model: k for k, model in enumerate(models, start=1)}
+        image_model = np.zeros(len(images), dtype=np.int32)
+        for old, (model, _) in enumerate(self._image_kind):
+            image_model[image_code[old]] = model_code.get(model, 0)
+        r, i, lab, conf, sec, rep = self._columns
+        return Reads(
+            study=self.study or "",
+            readers=readers,
+            images=images,
+            models=models,
+            image_model=image_model,
+            reader=reader_code[np.asarray(r, dtype=np.int64)] if r else np.zeros(0, np.int64),
+            image=image_code[np.asarray(i, dtype=np.int64)] if i else np.zeros(0, np.int64),
+            label=np.asarray(lab, dtype=np.int8),
+            confidence=np.asarray(conf, dtype=np.int8),
+            seconds=np.asarray(sec, dtype=float),
+            repeat=np.asarray(rep, dtype=bool),
+        )
+
+
+def _sorted_codes(names: dict[str, int]) -> tuple[list[str], np.ndarray]:
+    """Names in sorted order, and old code -> new code (so that coding ignores file order)."""
+    ordered = sorted(names)
+    new = np.empty(len(names), dtype=np.int64)
+    for position, name in enumerate(ordered):
+        new[names[name]] = position
+    return ordered, new
+
+
+def read_answers(file) -> Reads:
+    """Parse an `answers.csv` (a path or a text file); AnswersError names every bad line."""
+    if isinstance(file, str | bytes) or hasattr(file, "__fspath__"):
+        try:
+            with open(file, encoding="utf-8-sig", newline="") as handle:
+                return read_answers(handle)
+        except UnicodeDecodeError as exc:
+            raise AnswersError([f"the file is not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    rows = csv.reader(file)
+    try:
+        header = next(rows)
+    except StopIteration:
+        raise AnswersError(["line 1: the file is empty; it needs the header of answers.csv"]) from None
+    except csv.Error as exc:
+        raise AnswersError([f"line 1: {exc}"]) from None
+    header = [name.strip().lstrip("\ufeff") for name in header]
+    missing = [name for name in ANSWER_COLUMNS if name not in header]
+    if missing:
+        raise AnswersError(
+            [
+                f"line 1: the header lacks the column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)} (answers.csv has {', '.join(ANSWER_COLUMNS)})"
+            ]
+        )
+    at = {name: header.index(name) for name in ANSWER_COLUMNS}
+    builder = ReadsBuilder()
+    width = len(header)
+    try:
+        for row in rows:
+            line = rows.line_num
+            if not row:
+                continue
+            if len(row) != width:
+                builder.problem(line, f"{len(row)} fields where the header has {width}")
+                continue
+            _add_text_row(builder, line, {name: row[index] for name, index in at.items()})
+    except csv.Error as exc:
+        builder.problem(rows.line_num, str(exc))
+    return builder.build()
+
+
+def _add_text_row(builder: ReadsBuilder, line: int, row: dict[str, str]) -> None:
+    text = row["confidence"].strip()
+    confidence = None
+    if text:
+        try:
+            confidence = int(text)
+        except ValueError:
+            builder.problem(line, f"confidence {text!r} is not a whole number from 1 to 5")
+            return
+    text = row["seconds"].strip()
+    seconds = None
+    if text:
+        try:
+            seconds = float(text)
+        except ValueError:
+            builder.problem(line, f"seconds {text!r} is not a number")
+            return
+    repeat = _BOOLEANS.get(row["is_repeat"].strip().lower())
+    if repeat is None:
+        builder.problem(line, f"is_repeat {row['is_repeat']!r} is not true or false")
+        return
+    builder.add(
+        line=line,
+        study=row["study"].strip(),
+        reader=row["reader"].strip(),
+        image=row["image"].strip(),
+        truth=row["truth"].strip(),
+        model=row["model"],
+        label=row["label"].strip(),
+        confidence=confidence,
+        seconds=seconds,
+        is_repeat=repeat,
+    )
+
+
+def answers_csv_line(row: dict) -> list[str]:
+    """One read as the fields of an answers.csv line."""
+    answered = row["answered_at"]
+    return [
+        str(row["study"]),
+        row["reader"],
+        str(row["image"]),
+        row["truth"],
+        row["model"],
+        row["prompt"],
+        row["label"],
+        "" if row["confidence"] is None else str(row["confidence"]),
+        "" if row["seconds"] is None else repr(float(row["seconds"])),
+        str(row["position"]),
+        "true" if row["is_repeat"] else "false",
+        answered.isoformat() if hasattr(answered, "isoformat") else str(answered or ""),
+    ]
+
+
+def answers_csv_chunks(rows, *, lines_per_chunk: int = 2000):
+    """The text of answers.csv, header first, in chunks of lines, with constant memory."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(ANSWER_COLUMNS)
+    count = 0
+    for row in rows:
+        writer.writerow(answers_csv_line(row))
+        count += 1
+        if count % lines_per_chunk == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()

@@ -1,0 +1,194 @@
+"""answers.csv in, result files out: the formats of analysis.md and clear errors naming the line."""
+
+import csv
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from analysis.files import cell, imrmc_csv, imrmc_names, result_files, summary_csv
+from analysis.reads import ANSWER_COLUMNS, AnswersError, answers_csv_chunks, read_answers
+from analysis.summary import summarize
+from tests.analysis.reads_fixtures import answer_dicts, make_reads
+from tests.analysis.test_summary import HAND
+
+
+def answers_text(rows) -> str:
+    return "".join(answers_csv_chunks(answer_dicts(rows)))
+
+
+def parse(text: str):
+    return read_answers(io.StringIO(text))
+
+
+def test_written_answers_read_back_as_the_same_reads():
+    rows = HAND + [("A", "r1", "", "fake", None, True, 3.25)]
+    text = answers_text(rows)
+    assert text.splitlines()[0] == ",".join(ANSWER_COLUMNS)
+    back, direct = parse(text), make_reads(rows)
+    for name in ("readers", "images", "models"):
+        assert getattr(back, name) == getattr(direct, name)
+    for name in ("image_model", "reader", "image", "label", "confidence", "seconds", "repeat"):
+        assert np.array_equal(getattr(back, name), getattr(direct, name))
+
+
+def test_the_order_of_lines_and_columns_does_not_change_the_figures():
+    text = answers_text(HAND)
+    header, *lines = text.splitlines()
+    shuffled = [lines[i] for i in np.random.default_rng(0).permutation(len(lines))]
+    columns = header.split(",")
+    swapped = io.StringIO()
+    writer = csv.writer(swapped, lineterminator="\n")
+    for line in csv.reader([header, *shuffled]):
+        writer.writerow(line[::-1])
+    assert columns[::-1] == next(csv.reader([swapped.getvalue().splitlines()[0]]))
+    a = summary_csv(summarize(parse(text), replicates=100))
+    b = summary_csv(summarize(parse(swapped.getvalue()), replicates=100))
+    assert a == b
+
+
+def bad(text: str) -> str:
+    with pytest.raises(AnswersError) as error:
+        parse(text)
+    return str(error.value)
+
+
+def replace_field(text: str, line: int, column: str, value: str) -> str:
+    lines = list(csv.reader(io.StringIO(text)))
+    lines[line - 1][ANSWER_COLUMNS.index(column)] = value
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(lines)
+    return out.getvalue()
+
+
+def test_a_missing_column_is_named():
+    text = answers_text(HAND).replace("confidence,", "", 1)
+    assert "line 1: the header lacks the column confidence" in bad(text)
+
+
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("label", "maybe", "line 4: unknown label 'maybe' (real, fake or unsure)"),
+        ("confidence", "7", "line 4: confidence 7 is outside 1..5"),
+        ("confidence", "high", "line 4: confidence 'high' is not a whole number from 1 to 5"),
+        ("truth", "synthetic", "line 4: unknown truth 'synthetic' (real or fake)"),
+        ("seconds", "-1", "line 4: seconds -1.0 is not a viewing time"),
+        ("seconds", "soon", "line 4: seconds 'soon' is not a number"),
+        ("is_repeat", "perhaps", "line 4: is_repeat 'perhaps' is not true or false"),
+        ("study", "9", "line 4: study '9', but the file began with study '1'"),
+        ("reader", "", "line 4: the reader is empty"),
+        ("model", "", "line 5: a fake image needs the name of its model"),
+    ],
+)
+def test_a_bad_value_is_named_with_its_line(column, value, message):
+    line = 5 if column == "model" else 4  # line 5 holds a fake image
+    assert message in bad(replace_field(answers_text(HAND), line, column, value))
+
+
+def test_every_bad_line_is_named_not_only_the_first():
+    text = answers_text(HAND)
+    text = replace_field(replace_field(text, 3, "label", "x"), 8, "label", "y")
+    message = bad(text)
+    assert "line 3: unknown label 'x'" in message and "line 8: unknown label 'y'" in message
+
+
+def test_inconsistent_reads_are_refused():
+    twice = answers_text(HAND + [("A", "r1", "", "fake")])
+    assert "line 14: A reads image r1 a second time without is_repeat" in bad(twice)
+    moved = answers_text(HAND + [("C", "f1", "m2", "fake")])
+    assert "line 14: image f1 is an image of model 'm2', but an image of model 'm1' on line 5" in bad(moved)
+    mixed = replace_field(answers_text(HAND), 2, "confidence", "3")
+    assert "the fakeness score needs a confidence on every read or on none" in bad(mixed)
+    named = answers_text([("A", "x", "all", "fake")])
+    assert "line 2: a model may not be called 'all'" in bad(named)
+
+
+def test_a_file_that_is_not_answers_csv(tmp_path):
+    assert "the file is empty" in bad("")
+    assert "fields where the header has 12" in bad(answers_text(HAND) + "1,A,x\n")
+    binary = tmp_path / "answers.csv"
+    binary.write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(AnswersError, match="not UTF-8"):
+        read_answers(binary)
+
+
+def test_cells_are_empty_when_undefined_and_floats_have_six_digits():
+    assert [cell(None), cell(1 / 3), cell(7), cell(float("nan")), cell(1e-70 / 3)] == [
+        "",
+        "0.333333",
+        "7",
+        "",
+        "3.33333e-71",
+    ]
+
+
+def test_imrmc_files_are_in_the_input_format_of_imrmc():
+    reads = make_reads(HAND)
+    text = imrmc_csv(reads, "m1")
+    head, data = text.split("BEGIN DATA:\n")
+    assert "NR: 2" in head and "N0: 3" in head and "N1: 2" in head and "NM: 1" in head
+    lines = data.splitlines()
+    truth = [line for line in lines if line.startswith("-1,")]
+    assert sorted(truth) == ["-1,f1,0,1", "-1,f2,0,1", "-1,r1,0,0", "-1,r2,0,0", "-1,r3,0,0"]
+    scores = {tuple(line.split(",")[:3]): line.split(",")[3] for line in lines if not line.startswith("-1,")}
+    assert len(scores) == 10  # 2 readers x (3 real + 2 of m1); m2's image is not in this arm
+    assert scores[("A", "r3", "m1")] == "1" and scores[("A", "f2", "m1")] == "0"
+    assert scores[("B", "r2", "m1")] == "0.5"
+
+
+def test_result_files_are_named_after_the_arms():
+    assert imrmc_names(["cxr sd/v1", "cxr_sd_v1", "b"]) == {
+        "cxr sd/v1": "imrmc_cxr_sd_v1.csv",
+        "cxr_sd_v1": "imrmc_cxr_sd_v1_2.csv",
+        "b": "imrmc_b.csv",
+    }
+    reads = make_reads(HAND)
+    files = result_files(reads, summarize(reads, replicates=10))
+    assert list(files) == ["summary.csv", "cohen_kappa.csv", "imrmc_m1.csv", "imrmc_m2.csv"]
+
+
+def test_python_m_analysis_writes_the_files_and_refuses_a_bad_csv(tmp_path):
+    answers = tmp_path / "answers.csv"
+    answers.write_text(answers_text(HAND))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "analysis",
+            str(answers),
+            "--out",
+            str(tmp_path / "out"),
+            "--bootstrap",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "cohen_kappa.csv",
+        "imrmc_m1.csv",
+        "imrmc_m2.csv",
+        "summary.csv",
+    ]
+    expected = summary_csv(summarize(make_reads(HAND), replicates=100))
+    assert (tmp_path / "out" / "summary.csv").read_text() == expected
+
+    answers.write_text(replace_field(answers_text(HAND), 6, "label", "dunno"))
+    refused = subprocess.run(
+        [sys.executable, "-m", "analysis", str(answers), "--out", str(tmp_path / "out2")],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 1
+    assert "line 6: unknown label 'dunno'" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "out2").exists()
+
+
+def test_the_analysis_imports_no_django():
+    code = "import sys, analysis.cli, analysis.summary, analysis.files; print('django' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
