@@ -77,6 +77,7 @@ class Summary:
     models: list[str]
     details: dict[str, GroupDetail]
     reading_seconds: dict[str, dict]  # per image class (real, each model): quantiles of first reads
+    reader_median_seconds: dict[str, float | None]  # per reader, over their first reads
     replicates: int
     seed: int
     n_reads: int
@@ -164,6 +165,7 @@ def summarize(
         models=names,
         details=details,
         reading_seconds=_reading_seconds(t, ["real", *names]),
+        reader_median_seconds=_reader_medians(t),
         replicates=replicates,
         seed=seed,
         n_reads=len(reads),
@@ -431,4 +433,13 @@ def _reading_seconds(t: _Tables, names: list[str]) -> dict[str, dict]:
             out[name] = {"n": int(seconds.size), "p5": p5, "q1": q1, "median": median, "q3": q3, "p95": p95}
         else:
             out[name] = {"n": 0}
+    return out
+
+
+def _reader_medians(t: _Tables) -> dict[str, float | None]:
+    r = t.first[0]
+    out = {}
+    for index, reader in enumerate(t.reads.readers):
+        seconds = t.seconds[(r == index) & np.isfinite(t.seconds)]
+        out[reader] = float(np.median(seconds)) if seconds.size else None
     return out

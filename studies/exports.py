@@ -1,30 +1,23 @@
-"""A study's reads in the long format of `answers.csv`, streamed from the database.
+"""A study's reads in the long format of `answers.csv`, streamed from the database, and its result files.
 
 One row per answer to a study image (practice never), readers under stable
 pseudonyms within the study (R01, R02, ... in the order they joined), images
-under their id, in the order of the spec's columns.
+under their id, in the order of the spec's columns. The result files are
+written while answers.csv streams out, from the same rows, so one pass over
+the database gives all of them.
 """
 
+import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from django.db.models import Count
 
-from .models import Answer, Image, Presentation, Study
+from analysis.files import result_files
+from analysis.reads import ReadsBuilder, answers_csv_chunks
+from analysis.summary import DEFAULT_REPLICATES, DEFAULT_SEED, summarize
 
-ANSWER_COLUMNS = [
-    "study",
-    "reader",
-    "image",
-    "truth",
-    "model",
-    "prompt",
-    "label",
-    "confidence",
-    "seconds",
-    "position",
-    "is_repeat",
-    "answered_at",
-]
+from .models import Answer, Image, Presentation, Study
 
 
 def reader_pseudonyms(study: Study) -> dict[int, str]:
@@ -76,3 +69,101 @@ def answer_rows(study: Study, *, chunk_size: int = 5000) -> Iterator[dict]:
             "is_repeat": repeat,
             "answered_at": answered,
         }
+
+
+def study_arms(study: Study) -> list[str]:
+    """The names of the study's models, arms with reads or not."""
+    return list(study.arms.order_by("model__name").values_list("model__name", flat=True))
+
+
+def _tee(rows, builder: ReadsBuilder):
+    """Pass rows on while the builder takes each (answers.csv line numbers: the header is line 1)."""
+    for line, row in enumerate(rows, start=2):
+        builder.add_row(line, row)
+        yield row
+
+
+def readme_text(study: Study, *, models: list[str], replicates: int, seed: int) -> str:
+    """How the files were made and how to make them again from answers.csv alone."""
+    declared = "".join(f" --model {_quoted(name)}" for name in models)
+    return (
+        f"Results of the reader study {study.title!r} (id {study.pk}), status {study.status}.\n"
+        "Files: answers.csv (one row per read), summary.csv, cohen_kappa.csv and one imrmc_<model>.csv "
+        "per arm; the columns are described in the spec of the analysis (analysis.md).\n"
+        f"Bootstrap: B = {replicates}, seed = {seed}.\n"
+        "To recompute every file but answers.csv from answers.csv alone (no database):\n"
+        f"  python -m analysis answers.csv --out DIR --bootstrap {replicates} --seed {seed}{declared}\n"
+        "(or: python manage.py analyze_csv with the same arguments).\n"
+    )
+
+
+def _quoted(name: str) -> str:
+    return name if name.replace("-", "").replace("_", "").replace(".", "").isalnum() else repr(name)
+
+
+def export_to_folder(
+    study: Study, out: Path, *, replicates=DEFAULT_REPLICATES, seed=DEFAULT_SEED, progress=None
+):
+    """Write answers.csv and every result file into `out`; the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    builder = ReadsBuilder()
+    rows = _tee(answer_rows(study), builder)
+    answers = out / "answers.csv"
+    with open(answers, "w", encoding="utf-8", newline="") as handle:
+        for chunk in answers_csv_chunks(rows):
+            handle.write(chunk)
+    reads = builder.build()
+    models = study_arms(study)
+    summary = summarize(reads, models=models, replicates=replicates, seed=seed, progress=progress)
+    written = [answers]
+    files = result_files(reads, summary)
+    files["README.txt"] = readme_text(study, models=models, replicates=replicates, seed=seed)
+    for name, text in files.items():
+        (out / name).write_text(text, encoding="utf-8")
+        written.append(out / name)
+    return written
+
+
+class _Sink:
+    """What a streamed zip is written into: the bytes since the last drain, and the offset so far."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+        self.offset = 0
+
+    def write(self, data) -> int:
+        self.parts.append(bytes(data))
+        self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+    def flush(self) -> None:
+        pass
+
+    def drain(self) -> bytes:
+        data = b"".join(self.parts)
+        self.parts.clear()
+        return data
+
+
+def results_zip_stream(study: Study, *, replicates=DEFAULT_REPLICATES, seed=DEFAULT_SEED) -> Iterator[bytes]:
+    """A zip of every file, streamed: answers.csv leaves as it is read from the database."""
+    sink = _Sink()
+    builder = ReadsBuilder()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("answers.csv", "w", force_zip64=True) as entry:
+            for chunk in answers_csv_chunks(_tee(answer_rows(study), builder)):
+                entry.write(chunk.encode("utf-8"))
+                yield sink.drain()
+        reads = builder.build()
+        models = study_arms(study)
+        summary = summarize(reads, models=models, replicates=replicates, seed=seed)
+        files = result_files(reads, summary)
+        files["README.txt"] = readme_text(study, models=models, replicates=replicates, seed=seed)
+        for name, text in files.items():
+            archive.writestr(name, text)
+            yield sink.drain()
+    yield sink.drain()

@@ -25,6 +25,7 @@ from ..models import Presentation, Study, StudyModel, StudyReader
 from ..readers import parse_new_readers, password_link, readers_create
 from ..selectors import study_progress
 from ..services import study_reader_add
+from .results import results_download, results_page_context
 
 Status = Study.Status
 DESIGN_FIELDS = ["real_sets", "real_count", "image_size", "practice_count", "repeat_percent"]
@@ -152,12 +153,19 @@ class StudyAdmin(admin.ModelAdmin):
             view(self.audit_view, "audit"),
             view(self.readers_view, "readers", post=False),
             view(self.link_view, "link"),
+            view(self.results_view, "results", post=False),
+            path(
+                "<int:pk>/results/<str:name>",
+                self.admin_site.admin_view(self.download_view),
+                name="studies_study_download",
+            ),
             *super().get_urls(),
         ]
 
-    def _study(self, request, pk) -> Study:
+    def _study(self, request, pk, *, view_only=False) -> Study:
         study = get_object_or_404(Study, pk=pk)
-        if not self.has_change_permission(request, study):
+        allowed = self.has_view_permission if view_only else self.has_change_permission
+        if not allowed(request, study):
             raise PermissionDenied
         return study
 
@@ -242,6 +250,21 @@ class StudyAdmin(admin.ModelAdmin):
             messages.success(request, f"A new one-time link for {place.reader}: {link}")
         return redirect("admin:studies_study_readers", pk)
 
+    def results_view(self, request, pk):
+        study = self._study(request, pk, view_only=True)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "study": study,
+            "title": f"Results of {study}",
+            **results_page_context(study),
+        }
+        return TemplateResponse(request, "admin/studies/study/results.html", context)
+
+    def download_view(self, request, pk, name):
+        study = self._study(request, pk, view_only=True)
+        return results_download(study, name)
+
 
 def _lifecycle_context(study: Study) -> dict:
     from generation.jobs import job_progress
@@ -261,7 +284,6 @@ def _lifecycle_context(study: Study) -> dict:
         "readers_url": reverse("admin:studies_study_readers", args=[study.pk]),
         "presentations": Presentation.objects.filter(study=study).count(),
     }
-
 
 
 @admin.register(Presentation)

@@ -7,12 +7,27 @@ import numpy as np
 from studies.images import image_build
 from studies.imaging.decode import Decoded
 from studies.imaging.phantoms import phantom
-from studies.models import Image, ImageSet, Study, StudyImage
+from studies.models import Image, ImageSet, Study, StudyImage, StudyModel
 from studies.services import study_reader_add
 
+MODEL_NAMES = ("cxr-diffusion", "cxr-latent")
 
-def make_images(count: int) -> list[Image]:
-    """Half real (phantom radiographs), half synthetic (a model's pixels stand-in)."""
+
+def fixture_version(name: str):
+    """A registered model's first settings version (no pipeline is loaded: pixels come from here)."""
+    from generation.models import GenerativeModel, ModelVersion
+
+    model, _ = GenerativeModel.objects.get_or_create(
+        name=name, defaults={"path": f"/models/{name}", "pipeline_class": "DDPMPipeline", "native_size": 64}
+    )
+    version, _ = ModelVersion.objects.get_or_create(model=model, number=1)
+    return version
+
+
+def make_images(count: int, models=MODEL_NAMES) -> list[Image]:
+    """Half real (phantom radiographs), half synthetic: stand-in pixels of the fixture models in turn."""
+    from generation.models import GeneratedImage
+
     image_set, _ = ImageSet.objects.get_or_create(name="fixture set")
     images = []
     for index in range(count):
@@ -31,6 +46,11 @@ def make_images(count: int) -> list[Image]:
             image_set=image_set if origin == Image.Origin.REAL else None,
         )
         image.save()
+        if origin == Image.Origin.SYNTHETIC:
+            version = fixture_version(models[(index // 2) % len(models)])
+            GeneratedImage.objects.create(
+                image=image, version=version, seed=image.pk, used_seed=image.pk, prompt="", seconds=0.1
+            )
         images.append(image)
     return images
 
@@ -70,6 +90,14 @@ def make_open_study(
     StudyImage.objects.bulk_create(
         StudyImage(study=study, image=image, practice=index >= images) for index, image in enumerate(pool)
     )
+    arms: dict = {}
+    for image in pool[:images]:
+        if image.origin == Image.Origin.SYNTHETIC:
+            version = image.generated.version
+            arms.setdefault(version, 0)
+            arms[version] += 1
+    for version, n in arms.items():
+        StudyModel.objects.create(study=study, model=version.model, count=n, version=version)
     for person in (reader, *readers):
         study_reader_add(study=study, reader=person)
     return study

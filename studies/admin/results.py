@@ -1,0 +1,105 @@
+"""The results page of a study for researchers, and its downloads (streamed where they are long)."""
+
+from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.urls import reverse
+
+from analysis.files import imrmc_names, result_files
+from analysis.reads import AnswersError, answers_csv_chunks
+
+from ..exports import answer_rows, reader_pseudonyms, results_zip_stream, study_arms
+from ..models import Study
+from ..plots import forest_plot, kappa_heatmap, reading_time_plot, unsure_plot
+from ..results import study_results
+
+CSV = "text/csv; charset=utf-8"
+
+
+def _clash(study: Study) -> str:
+    taken = sorted(set(study_arms(study)) & {"all", "real"})
+    if taken:
+        return f"A model is called {taken[0]!r}, the name of a pooled group; rename it to analyse this study."
+    return ""
+
+
+def results_page_context(study: Study) -> dict:
+    problem = _clash(study)
+    if problem:
+        return {"error": problem}
+    try:
+        results = study_results(study)
+    except (AnswersError, ValueError) as exc:
+        return {"error": f"The answers of this study cannot be analysed: {exc}"}
+    summary = results.summary
+    names = {"all": "All models", "real": "Real images only"}
+    arms = []
+    for group in summary.groups:
+        detail = summary.details[group]
+        arms.append(
+            {
+                "group": group,
+                "name": names.get(group, group),
+                "row": summary.pooled(group),
+                "confusion": list(zip(("Real", "Synthetic"), detail.confusion, strict=True)),
+                "intervals": detail.intervals,
+            }
+        )
+    readers = [row for row in summary.rows if row["group"] == "all" and row["reader"] != "all"]
+    # Researchers may see who is behind a pseudonym here; the exported files never say.
+    logins = dict(study.readers.values_list("reader_id", "reader__username"))
+    who = {pseudonym: logins.get(user_id, "") for user_id, pseudonym in reader_pseudonyms(study).items()}
+    downloads = ["answers.csv", "summary.csv", "cohen_kappa.csv", *imrmc_names(summary.models).values()]
+    context = {
+        "results": results,
+        "summary": summary,
+        "arms": arms,
+        "reader_rows": [
+            {
+                **row,
+                "login": who.get(row["reader"], ""),
+                "median_seconds": summary.reader_median_seconds.get(row["reader"]),
+            }
+            for row in readers
+        ],
+        "downloads": [
+            (name, reverse("admin:studies_study_download", args=[study.pk, name])) for name in downloads
+        ],
+        "zip_url": reverse("admin:studies_study_download", args=[study.pk, "results.zip"]),
+        "has_reads": summary.n_reads > 0,
+    }
+    if summary.n_reads:
+        all_detail = summary.details["all"]
+        context["plots"] = {
+            "forest": forest_plot(summary),
+            "unsure": unsure_plot(summary),
+            "time": reading_time_plot(summary),
+            "kappa": kappa_heatmap(all_detail.readers, all_detail.kappa)
+            if len(summary.readers) > 1
+            else None,
+        }
+    return context
+
+
+def _attachment(response, study: Study, name: str):
+    response["Content-Disposition"] = f'attachment; filename="study-{study.pk}-{name}"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+def results_download(study: Study, name: str):
+    """One result file by name; answers.csv and the zip stream from the database as they are read."""
+    problem = _clash(study)
+    if problem:
+        return HttpResponse(problem, status=409, content_type="text/plain; charset=utf-8")
+    if name == "answers.csv":
+        return _attachment(
+            StreamingHttpResponse(answers_csv_chunks(answer_rows(study)), content_type=CSV), study, name
+        )
+    if name == "results.zip":
+        return _attachment(
+            StreamingHttpResponse(results_zip_stream(study), content_type="application/zip"), study, name
+        )
+    results = study_results(study)
+    files = result_files(results.reads, results.summary)
+    if name not in files:
+        raise Http404("No such result file.")
+    return _attachment(HttpResponse(files[name], content_type=CSV), study, name)

@@ -1,0 +1,190 @@
+"""The plots of a results page, drawn on the server as inline SVG from the analysis' figures.
+
+Axes and text are drawn in `currentColor`, so a plot takes the colour of the
+page's text in the admin's dark and light themes alike. Nothing is fetched:
+the page shows them without any network.
+"""
+
+import io
+import math
+import re
+
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from analysis.summary import Summary
+
+INK = "#010203"  # drawn, then replaced by currentColor
+BLUE, ORANGE, GREEN, GREY = "#4f9fd6", "#e6a03c", "#63b37a", "#8a939b"
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    figure.patch.set_alpha(0)
+    return figure
+
+
+def _style(ax) -> None:
+    ax.set_facecolor("none")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    for side in ("left", "bottom"):
+        ax.spines[side].set_color(INK)
+    ax.tick_params(colors=INK, labelcolor=INK)
+    ax.xaxis.label.set_color(INK)
+    ax.yaxis.label.set_color(INK)
+    ax.title.set_color(INK)
+
+
+def _svg(figure, label: str) -> SafeString:
+    import matplotlib
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": label, "font.size": 10}):
+        figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    text = buffer.getvalue()
+    text = text[text.index("<svg") :].replace(INK, "currentColor")
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)
+    # Scale down with the page, never up past the drawn size (points -> CSS pixels).
+    size = re.search(r'<svg ([^>]*?)width="([\d.]+)pt" height="[^"]*"', text)
+    if size:
+        style = f'style="max-width: {float(size.group(2)) * 4 / 3:.0f}px"'
+        text = text[: size.start()] + f"<svg {size.group(1)}{style}" + text[size.end() :]
+    # Text, names included, was escaped by matplotlib's SVG writer; the label is escaped here.
+    return mark_safe(text.replace("<svg ", f'<svg role="img" aria-label="{escape(label)}" class="plot" ', 1))
+
+
+def forest_plot(summary: Summary) -> SafeString:
+    """Accuracy, fool rate and detection rate of each model (and all pooled), with 95% intervals."""
+    groups = ["all", *summary.models]
+    names = ["All models", *summary.models]
+    figure = _figure(9, 0.5 * len(groups) + 1.3)
+    axes = figure.subplots(1, 3, sharey=True)
+    y = list(range(len(groups)))[::-1]
+    panels = [("Accuracy", "accuracy"), ("Fool rate", "fool_rate"), ("Detection rate", "sensitivity")]
+    for ax, (title, column) in zip(axes, panels, strict=True):
+        _style(ax)
+        for row_y, group in zip(y, groups, strict=True):
+            row = summary.pooled(group)
+            value = row[column]
+            if value is None:
+                ax.text(0.5, row_y, "no reads", color=GREY, ha="center", va="center", fontsize=8)
+                continue
+            if column == "accuracy":
+                low, high = row["accuracy_ci_low"], row["accuracy_ci_high"]
+                if row["accuracy_boot_low"] is not None:
+                    ax.plot(
+                        [row["accuracy_boot_low"], row["accuracy_boot_high"]],
+                        [row_y, row_y],
+                        color=ORANGE,
+                        linewidth=5,
+                        alpha=0.55,
+                        solid_capstyle="butt",
+                    )
+            else:
+                low, high = summary.details[group].intervals[column]
+            ax.plot([low, high], [row_y, row_y], color=BLUE, linewidth=1.6)
+            ax.plot([value], [row_y], "o", color=BLUE, markersize=6)
+        ax.axvline(0.5, color=GREY, linewidth=0.8, linestyle="--")
+        ax.set_xlim(0, 1)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(-0.7, len(groups) - 0.3)
+    axes[0].set_yticks(y, names)
+    figure.supxlabel(
+        "Dot and line: Wilson 95% on pooled reads; orange band: two-way bootstrap 95%", fontsize=8, color=GREY
+    )
+
+    return _svg(figure, "Forest plot: accuracy, fool rate and detection rate per model with 95% intervals")
+
+
+def kappa_heatmap(readers: list[str], kappa) -> SafeString:
+    """Pairwise Cohen's kappa between readers; blank where it is undefined."""
+    import numpy as np
+
+    n = len(readers)
+    side = min(9, 1.6 + 0.45 * n)
+    figure = _figure(side + 1.2, side)
+    ax = figure.subplots()
+    _style(ax)
+    masked = np.ma.masked_invalid(np.asarray(kappa, dtype=float))
+    image = ax.imshow(masked, cmap="RdBu", vmin=-1, vmax=1)
+    ticks = range(n)
+    ax.set_xticks(ticks, readers, rotation=90 if n > 8 else 0)
+    ax.set_yticks(ticks, readers)
+    if n <= 12:
+        hidden = np.ma.getmaskarray(masked)
+        for a in range(n):
+            for b in range(n):
+                if not hidden[a, b]:
+                    value = float(masked[a, b])
+                    colour = "white" if abs(value) > 0.6 else "black"
+                    ax.text(b, a, f"{value:.2f}", ha="center", va="center", fontsize=8, color=colour)
+    bar = figure.colorbar(image, ax=ax, shrink=0.8)
+    bar.ax.tick_params(colors=INK, labelcolor=INK)
+    bar.outline.set_edgecolor(INK)
+    bar.set_label("Cohen's kappa", color=INK)
+    return _svg(figure, "Heatmap of pairwise Cohen's kappa between readers")
+
+
+def reading_time_plot(summary: Summary) -> SafeString:
+    """Seconds of viewing per image, for real images and each model: median, quartiles, 5th-95th."""
+    names = [name for name, stats in summary.reading_seconds.items() if stats["n"]]
+    figure = _figure(9, 0.45 * max(len(names), 1) + 1.2)
+    ax = figure.subplots()
+    _style(ax)
+    if not names:
+        ax.text(0.5, 0.5, "no reads yet", ha="center", va="center", color=GREY, transform=ax.transAxes)
+        ax.set_yticks([])
+        return _svg(figure, "Reading time per image: no reads yet")
+    stats = [
+        {
+            "label": "Real images" if name == "real" else name,
+            "med": s["median"],
+            "q1": s["q1"],
+            "q3": s["q3"],
+            "whislo": s["p5"],
+            "whishi": s["p95"],
+            "fliers": [],
+        }
+        for name, s in ((name, summary.reading_seconds[name]) for name in names)
+    ][::-1]
+    ink = {"color": INK}
+    ax.bxp(
+        stats,
+        orientation="horizontal",
+        showfliers=False,
+        patch_artist=True,
+        boxprops={"facecolor": BLUE, "alpha": 0.6, "edgecolor": INK},
+        medianprops={"color": INK},
+        whiskerprops=ink,
+        capprops=ink,
+    )
+    ax.set_xlabel("Seconds per image (box: quartiles and median; whiskers: 5th to 95th percentile)")
+    top = max(s["whishi"] for s in stats)
+    ax.set_xlim(0, top * 1.05 if top > 0 else 1)
+    return _svg(figure, "Reading time per image, real images and each model")
+
+
+def unsure_plot(summary: Summary) -> SafeString:
+    """The share of reads answered unsure, per arm and per reader."""
+    arms = [("All", summary.pooled("all"))] + [
+        ("Real images" if g == "real" else g, summary.pooled(g)) for g in summary.groups[1:]
+    ]
+    readers = [
+        (row["reader"], row) for row in summary.rows if row["group"] == "all" and row["reader"] != "all"
+    ]
+    figure = _figure(9, 0.3 * max(len(arms), len(readers), 1) + 1.3)
+    left, right = figure.subplots(1, 2)
+    for ax, items, title in ((left, arms, "Per arm"), (right, readers, "Per reader")):
+        _style(ax)
+        labels = [label for label, _ in items][::-1]
+        values = [row["unsure_rate"] or 0.0 for _, row in items][::-1]
+        ax.barh(range(len(items)), values, color=ORANGE, alpha=0.8)
+        ax.set_yticks(range(len(items)), labels)
+        top = max(values, default=0)
+        ax.set_xlim(0, max(0.05, min(1.0, math.ceil(top * 10 + 0.5) / 10)))
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("Unsure rate")
+    return _svg(figure, "Unsure rates per arm and per reader")

@@ -1,0 +1,78 @@
+"""A study labelled in Chromium, then its results page and downloads, as a researcher uses them."""
+
+import io
+import os
+import re
+import zipfile
+
+import pytest
+from django.core.management import call_command
+from playwright.sync_api import expect
+
+from studies.models import Answer
+from tests.studies.study_fixtures import make_open_study
+from tests.studies.test_label_browser import allow_orm_beside_playwright, browser, tabs  # noqa: F401
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
+
+
+def label_all(tab, study, keys):
+    tab.open_study(study)
+    for key in keys:
+        tab.wait_ready()
+        tab.page.keyboard.press(key)
+    expect(tab.page).to_have_url(re.compile(rf"/study/{study.pk}/done/$"))
+
+
+def test_results_of_a_study_labelled_in_the_browser(tabs, reader, outsider, researcher, tmp_path):  # noqa: F811
+    outsider.set_password("outsider-pass")
+    outsider.save()
+    study = make_open_study(reader, images=6, readers=[outsider])
+    first = tabs()
+    first.log_in("reader", "reader-pass")
+    label_all(first, study, ["r", "f", "u", "f", "r", "r"])
+    second = tabs()
+    second.log_in("outsider", "outsider-pass")
+    label_all(second, study, ["f", "f", "r", "r", "u", "f"])
+    assert Answer.objects.filter(presentation__study=study).count() == 12
+
+    tab = tabs(viewport={"width": 1400, "height": 900})
+    page = tab.page
+    page.goto(tab.base_url + "/admin/login/")
+    page.get_by_label("Username").fill("researcher")
+    page.get_by_label("Password").fill("researcher-pass")
+    page.get_by_role("button", name="Log in").click()
+    page.goto(f"{tab.base_url}/admin/studies/study/{study.pk}/change/")
+    page.get_by_role("link", name="Results (interim)").click()
+    expect(page.get_by_role("heading", name="Interim results")).to_be_visible()
+    expect(page.get_by_text("12 of 12 reads so far")).to_be_visible()
+    for name in ("Forest plot", "Heatmap of pairwise", "Unsure rates", "Reading time"):
+        plot = page.get_by_role("img", name=re.compile(name))
+        expect(plot).to_be_visible()
+        assert plot.bounding_box()["width"] > 300
+    if os.environ.get("RESULTS_SCREENSHOT"):
+        page.screenshot(path=os.environ["RESULTS_SCREENSHOT"], full_page=True)
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="All files (.zip)").click()
+    saved = tmp_path / "results.zip"
+    download.value.save_as(saved)
+    archive = zipfile.ZipFile(saved)
+    archive.extractall(tmp_path / "zip")
+    answers = (tmp_path / "zip" / "answers.csv").read_text().splitlines()
+    assert len(answers) == 13 and "reader" not in "".join(answers[1:]).split(",")
+    call_command(
+        "analyze_csv",
+        str(tmp_path / "zip" / "answers.csv"),
+        "--out",
+        str(tmp_path / "again"),
+        stdout=io.StringIO(),
+    )
+    for name in ("summary.csv", "cohen_kappa.csv"):
+        assert (tmp_path / "again" / name).read_bytes() == archive.read(name), name
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="summary.csv").click()
+    assert download.value.suggested_filename == f"study-{study.pk}-summary.csv"
+    download.value.save_as(tmp_path / "summary.csv")
+    assert (tmp_path / "summary.csv").read_bytes() == archive.read("summary.csv")
