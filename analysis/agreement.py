@@ -6,10 +6,10 @@ categories, used or not. A coefficient that the data do not define raises
 `Undefined` with the reason, which the summary writes in its `note` column.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
 
 
 class Undefined(ValueError):
@@ -79,15 +79,16 @@ def fleiss_kappa(counts) -> Fleiss:
     array = _as_counts(counts)
     if array.shape[0] == 0:
         raise Undefined("no image was read by every reader")
-    m = array.sum(axis=1)
-    if not np.all(m == m[0]):
+    m_per_unit = array.sum(axis=1)
+    m = float(m_per_unit[0])
+    if m_per_unit.min() != m_per_unit.max():
         raise ValueError("Fleiss' kappa needs the same number of ratings on every unit")
-    m = float(m[0])
     if m < 2:
         raise Undefined("fewer than two readers")
     n_units = array.shape[0]
+    squares = np.einsum("ij,ij->j", array, array)  # sum_i n_ij^2 per category, in one pass
     p = array.sum(axis=0) / (n_units * m)
-    agreement = ((array * (array - 1)).sum(axis=1) / (m * (m - 1))).mean()
+    agreement = (squares.sum() - n_units * m) / (n_units * m * (m - 1))
     chance = float((p * p).sum())
     if chance >= 1:
         raise Undefined("every read has the same label: no variation")
@@ -96,16 +97,16 @@ def fleiss_kappa(counts) -> Fleiss:
     s = pq.sum()
     var0 = 2 / (s * s * n_units * m * (m - 1)) * (s * s - (pq * ((1 - p) - p)).sum())
     z = kappa / np.sqrt(var0) if var0 > 0 else None
+    # sum_i n_ij (m - n_ij) = m * (column total) - sum_i n_ij^2
+    disagreement = m * p * n_units * m - squares
     per_category = [
-        float(1 - (array[:, j] * (m - array[:, j])).sum() / (n_units * m * (m - 1) * pq[j]))
-        if pq[j] > 0
-        else None
+        float(1 - disagreement[j] / (n_units * m * (m - 1) * pq[j])) if pq[j] > 0 else None
         for j in range(array.shape[1])
     ]
     return Fleiss(
         kappa=kappa,
         z=None if z is None else float(z),
-        p=None if z is None else float(2 * norm.sf(abs(z))),
+        p=None if z is None else math.erfc(abs(z) / math.sqrt(2)),  # two-sided normal tail
         per_category=per_category,
         n_units=n_units,
         n_raters=int(m),

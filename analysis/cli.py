@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="an arm of the study that has no reads yet (repeatable); arms with reads need not be named",
     )
+    add_bootstrap_arguments(parser)
+
+
+def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap",
         type=int,

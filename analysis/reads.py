@@ -8,6 +8,7 @@ same reads give the same arrays (and the same seeded bootstrap) either way.
 import csv
 import io
 import math
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,8 +79,10 @@ class ReadsBuilder:
         self._readers: dict[str, int] = {}
         self._images: dict[str, int] = {}
         self._image_kind: list[tuple[str, int]] = []  # (model or "", first line)
-        self._columns: tuple[list, ...] = ([], [], [], [], [], [])
-        self._firsts: set[tuple[int, int]] = set()
+        # Typed columns: a million reads take tens of megabytes, not hundreds.
+        self._columns = tuple(
+            array(code) for code in "qqbbdbq"
+        )  # reader image label conf seconds repeat line
         self._confidence_lines = [0, 0]  # the first line with, and without, a confidence
         self.problems: list[str] = []
         self.more = 0
@@ -135,17 +138,20 @@ class ReadsBuilder:
             self.problem(line, f"image {image} is {kind_of(model)}, but {kind_of(before)} on line {first}")
             return
         reader_code = self._readers.setdefault(reader, len(self._readers))
-        if not is_repeat:
-            if (reader_code, kind) in self._firsts:
-                self.problem(line, f"{reader} reads image {image} a second time without is_repeat")
-                return
-            self._firsts.add((reader_code, kind))
         slot = 0 if confidence is not None else 1
         if not self._confidence_lines[slot]:
             self._confidence_lines[slot] = line
         for column, value in zip(
             self._columns,
-            (reader_code, kind, code, confidence or 0, math.nan if seconds is None else seconds, is_repeat),
+            (
+                reader_code,
+                kind,
+                code,
+                confidence or 0,
+                math.nan if seconds is None else seconds,
+                is_repeat,
+                line,
+            ),
             strict=True,
         ):
             column.append(value)
@@ -165,7 +171,22 @@ class ReadsBuilder:
             is_repeat=bool(row["is_repeat"]),
         )
 
+    def _second_first_reads(self) -> None:
+        """A reader's second read of an image that is not marked as a repeat: which one counts?"""
+        r, i, _, _, _, rep, lines = (np.frombuffer(column, dtype=column.typecode) for column in self._columns)
+        first = rep == 0
+        keys = r[first] * max(len(self._images), 1) + i[first]
+        order = np.argsort(keys, kind="stable")
+        again = order[1:][keys[order][1:] == keys[order][:-1]]
+        if again.size:
+            readers, images = list(self._readers), list(self._images)
+            r, i, lines = r[first], i[first], lines[first]
+            for k in np.sort(again):
+                message = f"{readers[r[k]]} reads image {images[i[k]]} a second time without is_repeat"
+                self.problem(int(lines[k]), message)
+
     def build(self) -> Reads:
+        self._second_first_reads()
         with_c, without_c = self._confidence_lines
         if with_c and without_c:
             self.problem(
@@ -182,19 +203,19 @@ class ReadsBuilder:
         image_model = np.zeros(len(images), dtype=np.int32)
         for old, (model, _) in enumerate(self._image_kind):
             image_model[image_code[old]] = model_code.get(model, 0)
-        r, i, lab, conf, sec, rep = self._columns
+        r, i, lab, conf, sec, rep, _ = (np.frombuffer(c, dtype=c.typecode) for c in self._columns)
         return Reads(
             study=self.study or "",
             readers=readers,
             images=images,
             models=models,
             image_model=image_model,
-            reader=reader_code[np.asarray(r, dtype=np.int64)] if r else np.zeros(0, np.int64),
-            image=image_code[np.asarray(i, dtype=np.int64)] if i else np.zeros(0, np.int64),
-            label=np.asarray(lab, dtype=np.int8),
-            confidence=np.asarray(conf, dtype=np.int8),
-            seconds=np.asarray(sec, dtype=float),
-            repeat=np.asarray(rep, dtype=bool),
+            reader=reader_code[r] if r.size else np.zeros(0, np.int64),
+            image=image_code[i] if i.size else np.zeros(0, np.int64),
+            label=lab.copy(),
+            confidence=conf.copy(),
+            seconds=sec.copy(),
+            repeat=rep.astype(bool),
         )
 
 
@@ -248,23 +269,28 @@ def read_answers(file) -> Reads:
     return builder.build()
 
 
+class _Unparsed(ValueError):
+    pass
+
+
+def _number(text: str, convert, problem: str):
+    """None for an empty field, else the converted value; _Unparsed(problem) if it does not convert."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return convert(text)
+    except ValueError:
+        raise _Unparsed(problem.format(text=text)) from None
+
+
 def _add_text_row(builder: ReadsBuilder, line: int, row: dict[str, str]) -> None:
-    text = row["confidence"].strip()
-    confidence = None
-    if text:
-        try:
-            confidence = int(text)
-        except ValueError:
-            builder.problem(line, f"confidence {text!r} is not a whole number from 1 to 5")
-            return
-    text = row["seconds"].strip()
-    seconds = None
-    if text:
-        try:
-            seconds = float(text)
-        except ValueError:
-            builder.problem(line, f"seconds {text!r} is not a number")
-            return
+    try:
+        confidence = _number(row["confidence"], int, "confidence {text!r} is not a whole number from 1 to 5")
+        seconds = _number(row["seconds"], float, "seconds {text!r} is not a number")
+    except _Unparsed as exc:
+        builder.problem(line, str(exc))
+        return
     repeat = _BOOLEANS.get(row["is_repeat"].strip().lower())
     if repeat is None:
         builder.problem(line, f"is_repeat {row['is_repeat']!r} is not true or false")

@@ -11,6 +11,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from django.db import connection, transaction
 from django.db.models import Count
 
 from analysis.files import result_files
@@ -27,6 +28,18 @@ def reader_pseudonyms(study: Study) -> dict[int, str]:
     return {user_id: f"R{index:0{width}d}" for index, user_id in enumerate(ids, start=1)}
 
 
+def _image_facts(study: Study) -> dict[int, tuple[str, str, str]]:
+    """Image id -> (truth, model, prompt) for the study's images: looked up once, not on every read."""
+    shown = Presentation.objects.filter(study=study, is_practice=False).values("image")
+    facts = Image.objects.filter(pk__in=shown).values_list(
+        "pk", "origin", "generated__version__model__name", "generated__prompt"
+    )
+    return {
+        pk: ("fake" if origin == Image.Origin.SYNTHETIC else "real", model or "", prompt or "")
+        for pk, origin, model, prompt in facts
+    }
+
+
 def answer_rows(study: Study, *, chunk_size: int = 5000) -> Iterator[dict]:
     """Every read of the study, as dicts keyed by ANSWER_COLUMNS, with constant memory."""
     names = reader_pseudonyms(study)
@@ -36,15 +49,13 @@ def answer_rows(study: Study, *, chunk_size: int = 5000) -> Iterator[dict]:
         .annotate(n=Count("pk"))
         .values_list("reader", "n")
     )
+    images = _image_facts(study)
     answers = (
         Answer.objects.filter(presentation__study=study, presentation__is_practice=False)
         .order_by("presentation__reader", "presentation__position")
         .values_list(
             "presentation__reader",
             "presentation__image",
-            "presentation__image__origin",
-            "presentation__image__generated__version__model__name",
-            "presentation__image__generated__prompt",
             "label",
             "confidence",
             "viewing_ms",
@@ -52,23 +63,29 @@ def answer_rows(study: Study, *, chunk_size: int = 5000) -> Iterator[dict]:
             "presentation__is_repeat",
             "updated",
         )
-        .iterator(chunk_size=chunk_size)
     )
-    for reader, image, origin, model, prompt, label, confidence, ms, position, repeat, answered in answers:
-        yield {
-            "study": study.pk,
-            "reader": names[reader],
-            "image": image,
-            "truth": "fake" if origin == Image.Origin.SYNTHETIC else "real",
-            "model": model or "",
-            "prompt": prompt or "",
-            "label": label,
-            "confidence": confidence,
-            "seconds": ms / 1000,
-            "position": position - practice.get(reader, 0) + 1,
-            "is_repeat": repeat,
-            "answered_at": answered,
-        }
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # A cursor is planned for its first tenth by default (nested loops); every row is
+            # wanted here, which a hash join and one sort deliver twice as fast.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL cursor_tuple_fraction = 1.0")
+        for reader, image, label, confidence, ms, position, repeat, answered in answers.iterator(chunk_size):
+            truth, model, prompt = images[image]
+            yield {
+                "study": study.pk,
+                "reader": names[reader],
+                "image": image,
+                "truth": truth,
+                "model": model,
+                "prompt": prompt,
+                "label": label,
+                "confidence": confidence,
+                "seconds": ms / 1000,
+                "position": position - practice.get(reader, 0) + 1,
+                "is_repeat": repeat,
+                "answered_at": answered,
+            }
 
 
 def study_arms(study: Study) -> list[str]:
@@ -76,11 +93,16 @@ def study_arms(study: Study) -> list[str]:
     return list(study.arms.order_by("model__name").values_list("model__name", flat=True))
 
 
-def _tee(rows, builder: ReadsBuilder):
+def _tee(rows, builder: ReadsBuilder, *, progress=None, total: int = 0, every: int = 20000):
     """Pass rows on while the builder takes each (answers.csv line numbers: the header is line 1)."""
-    for line, row in enumerate(rows, start=2):
-        builder.add_row(line, row)
+    count = 0
+    for count, row in enumerate(rows, start=1):
+        builder.add_row(count + 1, row)
+        if progress is not None and count % every == 0:
+            progress(count, total, "answers.csv")
         yield row
+    if progress is not None and count % every:
+        progress(count, count, "answers.csv")
 
 
 def readme_text(study: Study, *, models: list[str], replicates: int, seed: int) -> str:
@@ -108,7 +130,8 @@ def export_to_folder(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     builder = ReadsBuilder()
-    rows = _tee(answer_rows(study), builder)
+    total = Answer.objects.filter(presentation__study=study, presentation__is_practice=False).count()
+    rows = _tee(answer_rows(study), builder, progress=progress, total=total)
     answers = out / "answers.csv"
     with open(answers, "w", encoding="utf-8", newline="") as handle:
         for chunk in answers_csv_chunks(rows):

@@ -2,9 +2,8 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from analysis.cli import progress_bar
+from analysis.cli import add_bootstrap_arguments, progress_bar
 from analysis.reads import AnswersError
-from analysis.summary import DEFAULT_REPLICATES, DEFAULT_SEED
 from studies.exports import export_to_folder
 from studies.management.lookup import find_study
 
@@ -18,16 +17,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("study", help="the study's id or exact title")
         parser.add_argument("--out", required=True, help="folder for the files (made if missing)")
-        parser.add_argument(
-            "--bootstrap",
-            type=int,
-            default=DEFAULT_REPLICATES,
-            metavar="B",
-            help=f"bootstrap replicates (default {DEFAULT_REPLICATES}; 0 skips it)",
-        )
-        parser.add_argument(
-            "--seed", type=int, default=DEFAULT_SEED, help=f"bootstrap seed (default {DEFAULT_SEED})"
-        )
+        add_bootstrap_arguments(parser)
 
     def handle(self, *args, study, out, bootstrap, seed, **options):
         study = find_study(study)
