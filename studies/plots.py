@@ -108,11 +108,15 @@ def kappa_heatmap(readers: list[str], kappa) -> SafeString:
     figure = _figure(side + 1.2, side)
     ax = figure.subplots()
     _style(ax)
-    masked = np.ma.masked_invalid(np.asarray(kappa, dtype=float))
+    values = np.array(kappa, dtype=float)
+    np.fill_diagonal(values, np.nan)  # a reader against themself says nothing
+    masked = np.ma.masked_invalid(values)
     image = ax.imshow(masked, cmap="RdBu", vmin=-1, vmax=1)
-    ticks = range(n)
-    ax.set_xticks(ticks, readers, rotation=90 if n > 8 else 0)
-    ax.set_yticks(ticks, readers)
+    step = max(1, math.ceil(n / 40))  # at most 40 names an axis, so that they stay legible
+    ticks = range(0, n, step)
+    names = [readers[k] for k in ticks]
+    ax.set_xticks(ticks, names, rotation=90 if n > 8 else 0, fontsize=8 if n > 20 else 10)
+    ax.set_yticks(ticks, names, fontsize=8 if n > 20 else 10)
     if n <= 12:
         hidden = np.ma.getmaskarray(masked)
         for a in range(n):
@@ -125,6 +129,7 @@ def kappa_heatmap(readers: list[str], kappa) -> SafeString:
     bar.ax.tick_params(colors=INK, labelcolor=INK)
     bar.outline.set_edgecolor(INK)
     bar.set_label("Cohen's kappa", color=INK)
+    ax.set_title("Blank: no kappa (the same reader, or undefined)", fontsize=8, color=GREY)
     return _svg(figure, "Heatmap of pairwise Cohen's kappa between readers")
 
 
