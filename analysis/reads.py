@@ -30,7 +30,8 @@ ANSWER_COLUMNS = [
 LABELS = ("real", "fake", "unsure")  # codes 0, 1, 2
 LABEL_CODE = {label: code for code, label in enumerate(LABELS)}
 POOLED_GROUPS = ("all", "real")
-MAX_ERRORS = 20
+MAX_ERRORS = 20  # problems listed; the rest are counted
+KEPT_ERRORS = 10000
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 
 
@@ -84,19 +85,20 @@ class ReadsBuilder:
             array(code) for code in "qqbbdbq"
         )  # reader image label conf seconds repeat line
         self._confidence_lines = [0, 0]  # the first line with, and without, a confidence
-        self.problems: list[str] = []
+        self.problems: list[tuple[int, str]] = []
+        self._bad_line = None
         self.more = 0
 
     def problem(self, line: int, message: str) -> None:
-        if len(self.problems) < MAX_ERRORS:
-            self.problems.append(f"line {line}: {message}")
+        self._bad_line = line
+        if len(self.problems) < KEPT_ERRORS:
+            self.problems.append((line, message))
         else:
             self.more += 1
 
     def add(self, *, line, study, reader, image, truth, model, label, confidence, seconds, is_repeat) -> None:
         """One read with typed values (confidence None or 1..5, seconds a number or None)."""
         study, reader, image, model = str(study), str(reader), str(image), str(model or "")
-        bad = len(self.problems) + self.more
         if self.study is None:
             self.study = study
         elif study != self.study:
@@ -122,7 +124,7 @@ class ReadsBuilder:
             self.problem(line, f"confidence {confidence!r} is outside 1..5")
         if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
             self.problem(line, f"seconds {seconds!r} is not a viewing time")
-        if len(self.problems) + self.more > bad:
+        if self._bad_line == line:  # a line with a problem is checked, never kept
             return
         kind = self._images.get(image)
         if kind is None:
@@ -195,7 +197,9 @@ class ReadsBuilder:
                 f"{min(with_c, without_c)}: the fakeness score needs a confidence on every read or on none",
             )
         if self.problems:
-            raise AnswersError(self.problems, self.more)
+            found = sorted(self.problems, key=lambda problem: problem[0])  # in line order
+            shown = [f"line {line}: {message}" for line, message in found[:MAX_ERRORS]]
+            raise AnswersError(shown, self.more + max(0, len(found) - MAX_ERRORS))
         readers, reader_code = _sorted_codes(self._readers)
         images, image_code = _sorted_codes(self._images)
         models = sorted({model for model, _ in self._image_kind if model})
@@ -285,16 +289,20 @@ def _number(text: str, convert, problem: str):
 
 
 def _add_text_row(builder: ReadsBuilder, line: int, row: dict[str, str]) -> None:
-    try:
-        confidence = _number(row["confidence"], int, "confidence {text!r} is not a whole number from 1 to 5")
-        seconds = _number(row["seconds"], float, "seconds {text!r} is not a number")
-    except _Unparsed as exc:
-        builder.problem(line, str(exc))
-        return
+    """Parse the typed fields; every problem of the line is named, then the rest is checked."""
+    values = {}
+    for name, convert, message in [
+        ("confidence", int, "confidence {text!r} is not a whole number from 1 to 5"),
+        ("seconds", float, "seconds {text!r} is not a number"),
+    ]:
+        try:
+            values[name] = _number(row[name], convert, message)
+        except _Unparsed as exc:
+            builder.problem(line, str(exc))
+            values[name] = None
     repeat = _BOOLEANS.get(row["is_repeat"].strip().lower())
     if repeat is None:
         builder.problem(line, f"is_repeat {row['is_repeat']!r} is not true or false")
-        return
     builder.add(
         line=line,
         study=row["study"].strip(),
@@ -303,9 +311,9 @@ def _add_text_row(builder: ReadsBuilder, line: int, row: dict[str, str]) -> None
         truth=row["truth"].strip(),
         model=row["model"],
         label=row["label"].strip(),
-        confidence=confidence,
-        seconds=seconds,
-        is_repeat=repeat,
+        confidence=values["confidence"],
+        seconds=values["seconds"],
+        is_repeat=bool(repeat),
     )
 
 

@@ -52,7 +52,7 @@ SUMMARY_COLUMNS = [
     "intra_reader_kappa",
     "note",
 ]
-COHEN_COLUMNS = ["group", "reader_a", "reader_b", "n_images", "kappa", "note"]
+COHEN_COLUMNS = ["group", "reader_a", "reader_b", "n_images", "kappa"]
 DEFAULT_REPLICATES = 2000
 DEFAULT_SEED = 0
 REAL, FAKE, UNSURE = 0, 1, 2
@@ -194,7 +194,7 @@ class _Tables:
         self.score_hist = self.score_hist.reshape(*shape, self.scores)
         self.per_image = np.bincount(i * Q + lab, minlength=self.n_images * Q).reshape(self.n_images, Q)
         self.seconds = reads.seconds[first]
-        self.unmatched_repeats = 0
+        self.unmatched_repeats = np.zeros(n_classes, dtype=np.int64)
         self.pairs = self._repeat_pairs(r, i, lab)
         self.has_repeats = bool(reads.repeat.any())
         # One-hot labels, (readers * 3) x images: the products of its columns are pairs' tables.
@@ -224,7 +224,9 @@ class _Tables:
         where = np.clip(np.searchsorted(keys, rep_keys), 0, max(keys.size - 1, 0))
         found = keys.size > 0
         matched = (keys[where] == rep_keys) if found else np.zeros(rep_keys.size, bool)
-        self.unmatched_repeats = int((~matched).sum())
+        # Per image class, so that each group counts only its own.
+        lost = reads.image[rep][~matched]
+        self.unmatched_repeats = np.bincount(self.image_class[lost], minlength=self.n_classes)
         rr, ii = reads.reader[rep][matched], reads.image[rep][matched]
         cell = ((rr * self.n_classes + self.image_class[ii]) * Q + first_label[where[matched]]) * Q
         cell = cell + reads.label[rep][matched].astype(np.int64)
@@ -311,8 +313,9 @@ def _pooled_row(t: _Tables, group: str, classes: list[int], *, replicates: int, 
     if t.has_repeats:
         pairs_real, pairs_fake = t.split(t.pairs, classes)
         _intra(row, pairs_real.sum(axis=0) + pairs_fake.sum(axis=0))
-        if t.unmatched_repeats:
-            row.remarks.append(f"{t.unmatched_repeats} repeat reads without a first read were left out")
+        lost = int(t.unmatched_repeats[classes].sum())
+        if lost:
+            row.remarks.append(f"{lost} repeat reads without a first read were left out")
     return row.done()
 
 
@@ -333,9 +336,15 @@ def _bootstrap(row: _Row, t: _Tables, group: str, readers, images, *, replicates
     fake = t.image_class[images] > 0
     strata = [np.flatnonzero(~fake), np.flatnonzero(fake)]
     values = two_way_bootstrap(correct, read, strata, replicates=replicates, rng=group_rng(seed, group))
-    low, high = percentile_interval(values)
-    row.put("accuracy_boot_low", low)
-    row.put("accuracy_boot_high", high)
+    interval = percentile_interval(values)
+    if interval is None:
+        row.missing(columns, "no bootstrap replicate drew a read")
+        return
+    row.put("accuracy_boot_low", interval[0])
+    row.put("accuracy_boot_high", interval[1])
+    empty = int(np.isnan(values).sum())
+    if empty:
+        row.remarks.append(f"{empty} of {replicates} bootstrap replicates drew no read and were left out")
     if readers.size == 1:
         row.remarks.append("one reader: the bootstrap resamples images only")
 
@@ -387,7 +396,7 @@ def _pairwise(t: _Tables, group: str, classes: list[int]) -> tuple[np.ndarray, l
     n = t.n_readers
     total = sum(t.pair_tables[k] for k in classes)
     tables = total.reshape(n, Q, n, Q).transpose(0, 2, 1, 3)
-    kappa, reasons = cohen_kappas(tables)
+    kappa, _ = cohen_kappas(tables)
     kappa = kappa.reshape(n, n)
     counts = tables.sum(axis=(2, 3))
     rows = []
@@ -400,8 +409,8 @@ def _pairwise(t: _Tables, group: str, classes: list[int]) -> tuple[np.ndarray, l
                     "reader_a": t.reads.readers[a],
                     "reader_b": t.reads.readers[b],
                     "n_images": int(counts[a, b]),
+                    # Empty where undefined: n_images 0 (no image read by both) or one label only.
                     "kappa": None if np.isnan(value) else float(value),
-                    "note": reasons[a * n + b] or "",
                 }
             )
     matrix = kappa.copy()

@@ -291,7 +291,7 @@ def fill_export_study() -> None:
             get_user_model()(username=f"bench-reader-{study.pk}-{r}") for r in range(READERS)
         )
         StudyReader.objects.bulk_create(
-            StudyReader(study=study, reader=user, seed=r) for r, user in enumerate(users)
+            StudyReader(study=study, reader=user, seed=r, number=r + 1) for r, user in enumerate(users)
         )
         rng = np.random.default_rng(7)
         labels = np.array(["real", "fake", "unsure"])

@@ -1,12 +1,13 @@
 """A study's reads in the long format of `answers.csv`, streamed from the database, and its result files.
 
 One row per answer to a study image (practice never), readers under stable
-pseudonyms within the study (R01, R02, ... in the order they joined), images
+pseudonyms within the study (R001, R002, ... in the order they joined), images
 under their id, in the order of the spec's columns. The result files are
 written while answers.csv streams out, from the same rows, so one pass over
 the database gives all of them.
 """
 
+import shlex
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +20,14 @@ from analysis.reads import ReadsBuilder, answers_csv_chunks
 from analysis.summary import DEFAULT_REPLICATES, DEFAULT_SEED, summarize
 
 from .models import Answer, Image, Presentation, Study
+from .models.studies import pseudonym
 
 
 def reader_pseudonyms(study: Study) -> dict[int, str]:
-    """User id -> a pseudonym that is stable within the study and never the login name."""
-    ids = list(study.readers.order_by("created", "pk").values_list("reader_id", flat=True))
-    width = max(2, len(str(len(ids))))
-    return {user_id: f"R{index:0{width}d}" for index, user_id in enumerate(ids, start=1)}
+    """User id -> the reader's pseudonym in the study (R001, ... by joining order), never the login."""
+    return {
+        user_id: pseudonym(number) for user_id, number in study.readers.values_list("reader_id", "number")
+    }
 
 
 def _image_facts(study: Study) -> dict[int, tuple[str, str, str]]:
@@ -71,6 +73,8 @@ def answer_rows(study: Study, *, chunk_size: int = 5000) -> Iterator[dict]:
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL cursor_tuple_fraction = 1.0")
         for reader, image, label, confidence, ms, position, repeat, answered in answers.iterator(chunk_size):
+            if reader not in names:
+                continue  # a reader taken out of the study: their answers no longer count
             truth, model, prompt = images[image]
             yield {
                 "study": study.pk,
@@ -107,7 +111,7 @@ def _tee(rows, builder: ReadsBuilder, *, progress=None, total: int = 0, every: i
 
 def readme_text(study: Study, *, models: list[str], replicates: int, seed: int) -> str:
     """How the files were made and how to make them again from answers.csv alone."""
-    declared = "".join(f" --model {_quoted(name)}" for name in models)
+    declared = "".join(f" --model={shlex.quote(name)}" for name in models)
     return (
         f"Results of the reader study {study.title!r} (id {study.pk}), status {study.status}.\n"
         "Files: answers.csv (one row per read), summary.csv, cohen_kappa.csv and one imrmc_<model>.csv "
@@ -117,10 +121,6 @@ def readme_text(study: Study, *, models: list[str], replicates: int, seed: int) 
         f"  python -m analysis answers.csv --out DIR --bootstrap {replicates} --seed {seed}{declared}\n"
         "(or: python manage.py analyze_csv with the same arguments).\n"
     )
-
-
-def _quoted(name: str) -> str:
-    return name if name.replace("-", "").replace("_", "").replace(".", "").isalnum() else repr(name)
 
 
 def export_to_folder(

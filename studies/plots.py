@@ -5,7 +5,9 @@ page's text in the admin's dark and light themes alike. Nothing is fetched:
 the page shows them without any network.
 """
 
+import functools
 import io
+import logging
 import math
 import re
 
@@ -14,8 +16,29 @@ from django.utils.safestring import SafeString, mark_safe
 
 from analysis.summary import Summary
 
+logger = logging.getLogger(__name__)
 INK = "#010203"  # drawn, then replaced by currentColor
 BLUE, ORANGE, GREEN, GREY = "#4f9fd6", "#e6a03c", "#63b37a", "#8a939b"
+
+
+def plot(function):
+    """Draw with names taken as plain text (a model called "cost $5" is no TeX), and never let
+    a plot that fails take the page down: it is logged and left out."""
+
+    @functools.wraps(function)
+    def draw(*args, **kwargs) -> SafeString:
+        import matplotlib
+
+        try:
+            with matplotlib.rc_context({"text.parse_math": False}):
+                return function(*args, **kwargs)
+        except Exception:
+            logger.exception("The plot %s could not be drawn", function.__name__)
+            return mark_safe(
+                '<p class="errornote">This plot could not be drawn; the tables above hold its figures.</p>'
+            )
+
+    return draw
 
 
 def _figure(width: float, height: float):
@@ -56,6 +79,7 @@ def _svg(figure, label: str) -> SafeString:
     return mark_safe(text.replace("<svg ", f'<svg role="img" aria-label="{escape(label)}" class="plot" ', 1))
 
 
+@plot
 def forest_plot(summary: Summary) -> SafeString:
     """Accuracy, fool rate and detection rate of each model (and all pooled), with 95% intervals."""
     groups = ["all", *summary.models]
@@ -99,6 +123,7 @@ def forest_plot(summary: Summary) -> SafeString:
     return _svg(figure, "Forest plot: accuracy, fool rate and detection rate per model with 95% intervals")
 
 
+@plot
 def kappa_heatmap(readers: list[str], kappa) -> SafeString:
     """Pairwise Cohen's kappa between readers; blank where it is undefined."""
     import numpy as np
@@ -133,6 +158,7 @@ def kappa_heatmap(readers: list[str], kappa) -> SafeString:
     return _svg(figure, "Heatmap of pairwise Cohen's kappa between readers")
 
 
+@plot
 def reading_time_plot(summary: Summary) -> SafeString:
     """Seconds of viewing per image, for real images and each model: median, quartiles, 5th-95th."""
     names = [name for name, stats in summary.reading_seconds.items() if stats["n"]]
@@ -172,6 +198,7 @@ def reading_time_plot(summary: Summary) -> SafeString:
     return _svg(figure, "Reading time per image, real images and each model")
 
 
+@plot
 def unsure_plot(summary: Summary) -> SafeString:
     """The share of reads answered unsure, per arm and per reader."""
     arms = [("All", summary.pooled("all"))] + [

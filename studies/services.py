@@ -3,6 +3,7 @@
 import secrets
 
 from django.db import IntegrityError, transaction
+from django.db.models import Max
 
 from .models import Answer, Presentation, Study, StudyReader
 
@@ -27,8 +28,9 @@ def study_reader_add(*, study: Study, reader) -> StudyReader:
 
     # Locked, so that a reader added while the study opens still gets a sequence.
     study = Study.objects.select_for_update().get(pk=study.pk)
+    taken = StudyReader.objects.filter(study=study).aggregate(last=Max("number"))["last"] or 0
     place, _ = StudyReader.objects.get_or_create(
-        study=study, reader=reader, defaults={"seed": secrets.randbits(63)}
+        study=study, reader=reader, defaults={"seed": secrets.randbits(63), "number": taken + 1}
     )
     if study.status == Study.Status.OPEN:
         sequence_build(place=place)

@@ -98,7 +98,11 @@ def results_download(study: Study, name: str):
         return _attachment(
             StreamingHttpResponse(results_zip_stream(study), content_type="application/zip"), study, name
         )
-    results = study_results(study)
+    try:
+        results = study_results(study)
+    except (AnswersError, ValueError) as exc:
+        message = f"The answers of this study cannot be analysed: {exc}"
+        return HttpResponse(message, status=409, content_type="text/plain; charset=utf-8")
     files = result_files(results.reads, results.summary)
     if name not in files:
         raise Http404("No such result file.")

@@ -153,16 +153,30 @@ class StudyReader(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="study_places"
     )
     seed = models.BigIntegerField(help_text="Seed of the shuffle, from a secure random source; recorded.")
+    number = models.PositiveIntegerField(
+        editable=False,
+        help_text="The reader's number in this study, in the order they joined: R001, R002, ...",
+    )
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["study", "reader"]
         constraints = [
-            models.UniqueConstraint(fields=["study", "reader"], name="one_place_per_reader_and_study")
+            models.UniqueConstraint(fields=["study", "reader"], name="one_place_per_reader_and_study"),
+            models.UniqueConstraint(fields=["study", "number"], name="one_reader_per_number_and_study"),
         ]
 
     def __str__(self):
         return f"{self.reader} in {self.study}"
+
+    @property
+    def pseudonym(self) -> str:
+        """How exports and results name the reader: fixed for good, whoever joins or leaves later."""
+        return pseudonym(self.number)
+
+
+def pseudonym(number: int) -> str:
+    return f"R{number:03d}"
 
 
 class Presentation(models.Model):

@@ -95,6 +95,21 @@ def test_every_bad_line_is_named_not_only_the_first():
     assert "line 3: unknown label 'x'" in message and "line 8: unknown label 'y'" in message
 
 
+def test_every_problem_of_a_line_is_named_and_problems_come_in_line_order():
+    text = answers_text(HAND + [("A", "r1", "", "real")])  # line 14: a second first read
+    text = replace_field(replace_field(text, 3, "is_repeat", "no"), 3, "label", "Fake")
+    text = replace_field(text, 5, "seconds", "x")
+    text = replace_field(text, 5, "confidence", "high")
+    problems = bad(text).splitlines()
+    assert problems == [
+        "line 3: is_repeat 'no' is not true or false",
+        "line 3: unknown label 'Fake' (real, fake or unsure)",
+        "line 5: confidence 'high' is not a whole number from 1 to 5",
+        "line 5: seconds 'x' is not a number",
+        "line 14: A reads image r1 a second time without is_repeat",
+    ]
+
+
 def test_inconsistent_reads_are_refused():
     twice = answers_text(HAND + [("A", "r1", "", "fake")])
     assert "line 14: A reads image r1 a second time without is_repeat" in bad(twice)

@@ -236,3 +236,15 @@ def test_the_auc_uses_the_confidence_scale_when_reads_have_one():
 def test_a_model_called_like_a_pooled_group_is_refused():
     with pytest.raises(ValueError, match="pooled group"):
         summarize(make_reads(HAND), models=["all"])
+
+
+def test_a_bootstrap_whose_replicates_draw_no_read_says_so():
+    # Two readers, each read a different image: a replicate that draws reader a twice and the
+    # other image twice holds no read at all (1 in 8 here).
+    reads = make_reads([("a", "x1", "", "real"), ("b", "x2", "", "real")])
+    pooled = row(summarize(reads, replicates=40, seed=0), "all")
+    assert pooled["accuracy_boot_low"] is not None
+    assert "4 of 40 bootstrap replicates drew no read and were left out" in pooled["note"]
+    only_empty = row(summarize(reads, replicates=1, seed=10), "all")  # its one replicate is empty
+    assert only_empty["accuracy_boot_low"] is None
+    assert "accuracy_boot_low, accuracy_boot_high: no bootstrap replicate drew a read" in only_empty["note"]

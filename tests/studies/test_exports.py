@@ -33,9 +33,9 @@ def test_every_study_answer_is_a_row_and_practice_never_is(reader, outsider):
     rows = list(answer_rows(study))
     assert all(list(row) == ANSWER_COLUMNS for row in rows)
     assert len(rows) == 4 + 2  # practice answered by both, never exported
-    assert {row["reader"] for row in rows} == {"R01", "R02"}
+    assert {row["reader"] for row in rows} == {"R001", "R002"}
     assert "reader" not in {row["reader"] for row in rows} and "outsider" not in str(rows)
-    first = [row for row in rows if row["reader"] == "R01"]
+    first = [row for row in rows if row["reader"] == "R001"]
     assert [row["position"] for row in first] == [1, 2, 3, 4]
     origin = dict(Presentation.objects.filter(study=study).values_list("image", "image__origin"))
     assert all(row["truth"] == ("real" if origin[row["image"]] == "real" else "fake") for row in rows)
@@ -94,7 +94,7 @@ def test_an_arm_without_reads_is_exported_and_recomputed_with_its_declaration(re
     summary = (tmp_path / "export" / "summary.csv").read_text()
     assert "quiet model,all," in summary and "no reads of synthetic images" in summary
     readme = (tmp_path / "export" / "README.txt").read_text()
-    assert "--model 'quiet model'" in readme
+    assert "--model='quiet model'" in readme
     call_command(
         "analyze_csv",
         str(tmp_path / "export" / "answers.csv"),
@@ -141,3 +141,18 @@ def test_analyze_csv_names_the_bad_line_and_writes_nothing(tmp_path):
 def test_export_results_names_an_unknown_study(tmp_path):
     with pytest.raises(CommandError, match="No study 'nope'"):
         call_command("export_results", "nope", "--out", str(tmp_path))
+
+
+def test_pseudonyms_are_fixed_when_readers_join(reader, outsider, django_user_model):
+    from studies.models import StudyReader
+    from studies.services import study_reader_add
+
+    study = make_open_study(reader, images=2, readers=[outsider])
+    later = django_user_model.objects.create_user("later")
+    StudyReader.objects.filter(study=study, reader=reader).delete()  # a reader removed
+    study_reader_add(study=study, reader=later)
+    study_reader_add(study=study, reader=later)  # twice: still one place, one number
+    names = dict(StudyReader.objects.filter(study=study).values_list("reader__username", "number"))
+    assert names == {"outsider": 2, "later": 3}
+    answer_everything(study)
+    assert {row["reader"] for row in answer_rows(study)} == {"R002", "R003"}

@@ -36,7 +36,7 @@ def test_the_results_page_shows_interim_tables_and_plots(client, researcher, stu
     assert "Forest plot" in html and "currentColor" in html
     plots = html[html.index('<svg role="img"') :]
     assert "http" not in plots.replace('"http://www.w3.org/', "")  # nothing to fetch
-    assert "R01 <span" in html and "(reader)" in html  # the login behind a pseudonym, on this page only
+    assert "R001 <span" in html and "(reader)" in html  # the login behind a pseudonym, on this page only
 
 
 def test_a_closed_study_has_final_results(client, researcher, study):
@@ -101,3 +101,15 @@ def test_results_are_recomputed_when_an_answer_arrives(researcher, study):
     pending = Presentation.objects.filter(study=study, answer__isnull=True).first()
     answer_submit(presentation=pending, label="fake", viewing_ms=900)
     assert study_results(study).summary.n_reads == before.summary.n_reads + 1
+
+
+def test_a_model_name_that_looks_like_tex_is_drawn_as_text(client, researcher, study):
+    from generation.models import GenerativeModel
+
+    GenerativeModel.objects.filter(name="cxr-latent").update(name=r"lat$\frac$ <b>")
+    client.force_login(researcher)
+    page = client.get(url(study))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "could not be drawn" not in html
+    assert r"lat$\frac$ &lt;b&gt;" in html and "<b>" not in html.split("<svg role", 1)[1]
