@@ -16,6 +16,14 @@ from tests.studies.study_fixtures import make_open_study
 
 pytestmark = pytest.mark.django_db
 LABELS = ["real", "fake", "unsure"]
+EVERY_FILE = [
+    "README.txt",
+    "answers.csv",
+    "cohen_kappa.csv",
+    "imrmc_cxr-diffusion.csv",
+    "imrmc_cxr-latent.csv",
+    "summary.csv",
+]
 
 
 def answer_everything(study, *, skip=lambda presentation: False, confidence=None):
@@ -56,14 +64,7 @@ def test_export_then_analyze_csv_gives_identical_result_files(reader, outsider, 
         "export_results", str(study.pk), "--out", str(exported), "--bootstrap", "300", stdout=io.StringIO()
     )
     names = sorted(p.name for p in exported.iterdir())
-    assert names == [
-        "README.txt",
-        "answers.csv",
-        "cohen_kappa.csv",
-        "imrmc_cxr-diffusion.csv",
-        "imrmc_cxr-latent.csv",
-        "summary.csv",
-    ]
+    assert names == EVERY_FILE
     recomputed = tmp_path / "again"
     call_command(
         "analyze_csv",
@@ -116,14 +117,7 @@ def test_the_zip_streams_every_file(reader, outsider):
     assert len(chunks) > 2
     archive = zipfile.ZipFile(io.BytesIO(b"".join(chunks)))
     assert archive.testzip() is None
-    assert sorted(archive.namelist()) == [
-        "README.txt",
-        "answers.csv",
-        "cohen_kappa.csv",
-        "imrmc_cxr-diffusion.csv",
-        "imrmc_cxr-latent.csv",
-        "summary.csv",
-    ]
+    assert sorted(archive.namelist()) == EVERY_FILE
     lines = archive.read("answers.csv").decode().splitlines()
     assert lines[0] == ",".join(ANSWER_COLUMNS) and len(lines) == 1 + 12
 
