@@ -97,7 +97,7 @@ def study_arms(study: Study) -> list[str]:
     return list(study.arms.order_by("model__name").values_list("model__name", flat=True))
 
 
-def _tee(rows, builder: ReadsBuilder, *, progress=None, total: int = 0, every: int = 20000):
+def tee(rows, builder: ReadsBuilder, *, progress=None, total: int = 0, every: int = 20000):
     """Pass rows on while the builder takes each (answers.csv line numbers: the header is line 1)."""
     count = 0
     for count, row in enumerate(rows, start=1):
@@ -123,6 +123,15 @@ def readme_text(study: Study, *, models: list[str], replicates: int, seed: int) 
     )
 
 
+def _result_texts(study: Study, reads, *, replicates: int, seed: int, progress=None) -> dict[str, str]:
+    """Every file but answers.csv, from the reads that answers.csv holds, and the README."""
+    models = study_arms(study)
+    summary = summarize(reads, models=models, replicates=replicates, seed=seed, progress=progress)
+    files = result_files(reads, summary)
+    files["README.txt"] = readme_text(study, models=models, replicates=replicates, seed=seed)
+    return files
+
+
 def export_to_folder(
     study: Study, out: Path, *, replicates=DEFAULT_REPLICATES, seed=DEFAULT_SEED, progress=None
 ):
@@ -131,17 +140,13 @@ def export_to_folder(
     out.mkdir(parents=True, exist_ok=True)
     builder = ReadsBuilder()
     total = Answer.objects.filter(presentation__study=study, presentation__is_practice=False).count()
-    rows = _tee(answer_rows(study), builder, progress=progress, total=total)
+    rows = tee(answer_rows(study), builder, progress=progress, total=total)
     answers = out / "answers.csv"
     with open(answers, "w", encoding="utf-8", newline="") as handle:
         for chunk in answers_csv_chunks(rows):
             handle.write(chunk)
-    reads = builder.build()
-    models = study_arms(study)
-    summary = summarize(reads, models=models, replicates=replicates, seed=seed, progress=progress)
     written = [answers]
-    files = result_files(reads, summary)
-    files["README.txt"] = readme_text(study, models=models, replicates=replicates, seed=seed)
+    files = _result_texts(study, builder.build(), replicates=replicates, seed=seed, progress=progress)
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
         written.append(out / name)
@@ -178,14 +183,10 @@ def results_zip_stream(study: Study, *, replicates=DEFAULT_REPLICATES, seed=DEFA
     builder = ReadsBuilder()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         with archive.open("answers.csv", "w", force_zip64=True) as entry:
-            for chunk in answers_csv_chunks(_tee(answer_rows(study), builder)):
+            for chunk in answers_csv_chunks(tee(answer_rows(study), builder)):
                 entry.write(chunk.encode("utf-8"))
                 yield sink.drain()
-        reads = builder.build()
-        models = study_arms(study)
-        summary = summarize(reads, models=models, replicates=replicates, seed=seed)
-        files = result_files(reads, summary)
-        files["README.txt"] = readme_text(study, models=models, replicates=replicates, seed=seed)
+        files = _result_texts(study, builder.build(), replicates=replicates, seed=seed)
         for name, text in files.items():
             archive.writestr(name, text)
             yield sink.drain()

@@ -14,7 +14,7 @@ from django.db.models import Count, Max
 from analysis.reads import Reads, ReadsBuilder
 from analysis.summary import DEFAULT_REPLICATES, DEFAULT_SEED, Summary, summarize
 
-from .exports import answer_rows, study_arms
+from .exports import answer_rows, study_arms, tee
 from .models import Answer, Presentation, Study
 
 CACHE_SECONDS = 3600
@@ -31,8 +31,8 @@ class StudyResults:
 
 def study_reads(study: Study) -> Reads:
     builder = ReadsBuilder()
-    for line, row in enumerate(answer_rows(study), start=2):
-        builder.add_row(line, row)
+    for _ in tee(answer_rows(study), builder):
+        pass
     return builder.build()
 
 
@@ -44,7 +44,8 @@ def study_results(study: Study, *, replicates=DEFAULT_REPLICATES, seed=DEFAULT_S
     key = (
         "results:"
         + hashlib.sha256(
-            f"{study.pk}:{study.status}:{stamp['n']}:{stamp['last'] and stamp['last'].timestamp()}:"
+            f"{study.pk}:{study.status}:{study.readers.count()}:{stamp['n']}:"
+            f"{stamp['last'] and stamp['last'].timestamp()}:"
             f"{'|'.join(arms)}:{replicates}:{seed}".encode()
         ).hexdigest()
     )
