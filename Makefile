@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]" $(QUIET_PIP)
 	touch $@
 
+# make demo ADDR=127.0.0.1:8001 serves on another address.
+ADDR ?= 127.0.0.1:8000
+
 demo: $(STAMP)
-	DEBUG=$${DEBUG:-1} $(PY) manage.py demo
+	DEBUG=$${DEBUG:-1} $(PY) manage.py demo --addr $(ADDR)
 
 test: $(STAMP) lint
 	$(PY) -m pytest $(PYTEST_ARGS)

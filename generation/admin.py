@@ -43,6 +43,11 @@ class GenerativeModelAdmin(admin.ModelAdmin):
     readonly_fields = ["pipeline_class", "native_size", "preview", "versions"]
     change_form_template = "admin/generation/generativemodel/change_form.html"
 
+    def get_readonly_fields(self, request, obj=None):
+        # The weights are fixed once registered (shown as text, not as a box): new weights, new model.
+        fixed = ["path", "lora_path"] if obj else []
+        return [*fixed, *self.readonly_fields]
+
     def get_fieldsets(self, request, obj=None):
         settings = list(ModelVersion.SETTINGS)
         first = ["name", "description", "path", "lora_path"] + (

@@ -42,9 +42,6 @@ class GenerativeModelForm(forms.ModelForm):
         if self.instance.pk:
             for name, value in self.instance.current_version.settings_dict().items():
                 self.initial[name] = value
-            for name in ("path", "lora_path"):
-                self.fields[name].disabled = True
-                self.fields[name].help_text = "Fixed once registered: register a new model for new weights."
 
     def settings(self) -> dict:
         return {name: self.cleaned_data[name] for name in ModelVersion.SETTINGS}

@@ -55,10 +55,20 @@ class ReaderState:
     answered: int
     total: int
     practice_total: int = 0
+    practice_answered: int = 0
 
     @property
     def done(self) -> bool:
         return self.current is None
+
+    # Counts of the study's own images, practice apart: what every page shows as "n of N".
+    @property
+    def study_total(self) -> int:
+        return self.total - self.practice_total
+
+    @property
+    def study_answered(self) -> int:
+        return self.answered - self.practice_answered
 
 
 def reader_state(*, user, study: Study, at=None) -> ReaderState:
@@ -72,6 +82,7 @@ def reader_state(*, user, study: Study, at=None) -> ReaderState:
         total=Count("pk"),
         answered=Count("pk", filter=Q(answer__isnull=False)),
         practice=Count("pk", filter=Q(is_practice=True)),
+        practice_answered=Count("pk", filter=Q(is_practice=True, answer__isnull=False)),
     )
     pending = list(mine.filter(answer__isnull=True).order_by("position")[:2])
     current = pending[0] if pending else None
@@ -89,6 +100,7 @@ def reader_state(*, user, study: Study, at=None) -> ReaderState:
         answered=counts["answered"],
         total=counts["total"],
         practice_total=counts["practice"],
+        practice_answered=counts["practice_answered"],
     )
 
 
@@ -135,7 +147,11 @@ def study_progress(study: Study) -> list[dict]:
 
 
 def studies_for_reader(*, user) -> list[dict]:
-    """The reader's open and closed studies with their progress, for 'My studies'."""
+    """The reader's open and closed studies with their progress, for 'My studies'.
+
+    Counts are of the study's own images, as the labelling page and the admin
+    count them; practice images are counted apart.
+    """
     places = (
         StudyReader.objects.filter(reader=user, study__status__in=[Study.Status.OPEN, Study.Status.CLOSED])
         .select_related("study")
@@ -144,7 +160,12 @@ def studies_for_reader(*, user) -> list[dict]:
     rows = []
     for place in places:
         counts = Presentation.objects.filter(study=place.study, reader=user).aggregate(
-            total=Count("pk"), answered=Count("pk", filter=Q(answer__isnull=False))
+            total=Count("pk", filter=Q(is_practice=False)),
+            answered=Count("pk", filter=Q(is_practice=False, answer__isnull=False)),
+            practice_total=Count("pk", filter=Q(is_practice=True)),
+            practice_answered=Count("pk", filter=Q(is_practice=True, answer__isnull=False)),
         )
+        finished = counts["answered"] + counts["practice_answered"]
+        counts["finished"] = finished == counts["total"] + counts["practice_total"]
         rows.append({"study": place.study, **counts})
     return rows

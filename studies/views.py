@@ -128,9 +128,13 @@ def study_done(request, study_id):
     state = reader_state(user=request.user, study=study)
     if not state.done:
         return redirect("study_label", study.pk)
-    return render(
-        request, "studies/done.html", {"study": study, "answered": state.answered, "total": state.total}
-    )
+    context = {
+        "study": study,
+        "answered": state.study_answered,
+        "total": state.study_total,
+        "practice": state.practice_total,
+    }
+    return render(request, "studies/done.html", context)
 
 
 # Anonymous users get the same 404 as everyone not assigned: an image URL never

@@ -59,6 +59,9 @@
   let shownUrl = null; // blob: URL on screen
   let prefetched = null; // {id, promise of a blob: URL or null}
   let choice = { label: null, confidence: null };
+  // Back at an answered image: its earlier answer, marked apart from `choice`, which
+  // starts empty so that a change is sent only once label (and confidence) are chosen anew.
+  let earlier = null;
   let acceptAfter = Infinity;
   let focusBack = null;
   let timeUp = false; // the study's time limit hid the image; answering is still open
@@ -150,10 +153,12 @@
     for (const button of labelButtons) {
       button.disabled = !active;
       button.setAttribute("aria-pressed", String(button.dataset.label === choice.label));
+      button.classList.toggle("is-earlier", earlier?.label === button.dataset.label);
     }
     for (const button of confButtons) {
       button.disabled = !active;
       button.setAttribute("aria-pressed", String(Number(button.dataset.confidence) === choice.confidence));
+      button.classList.toggle("is-earlier", earlier?.confidence === Number(button.dataset.confidence));
     }
     if (cfg.askConfidence) {
       answerGroup.classList.toggle("needs", active && choice.confidence !== null && choice.label === null);
@@ -297,6 +302,7 @@
     paused = false;
     clock.pauseStart = null;
     choice = { label: null, confidence: null };
+    earlier = null;
     acceptAfter = Infinity;
     timeUp = false;
     img.classList.add("is-hidden");
@@ -330,9 +336,15 @@
     acceptAfter = clock.start + SETTLE_MS;
     phase = "viewing";
     if (item.answer) {
-      // Back at an answered image: its answer shows as chosen; the same answer again goes on.
-      choice = { label: item.answer.label, confidence: item.answer.confidence };
-      setStatus("Your earlier answer is marked. Choose again to change it, or the same to go on.");
+      // Back at an answered image: its answer is marked (not chosen); answering again, the same
+      // or another, goes on. Nothing chosen before going back carries over to this image.
+      earlier = item.answer;
+      const confidence = cfg.askConfidence && earlier.confidence ? `, confidence ${earlier.confidence}` : "";
+      const both = cfg.askConfidence ? "label and confidence" : "an answer";
+      setStatus(
+        `Your earlier answer (marked): ${LABEL_WORDS[earlier.label]}${confidence}. ` +
+          `Choose ${both} again to change it or keep it.`,
+      );
     }
     render();
     setTimeout(render, SETTLE_MS + 20);

@@ -21,6 +21,35 @@ def _clash(study: Study) -> str:
     return ""
 
 
+AGREEMENT_WORDS = (
+    "krippendorff",
+    "fleiss",
+    "gwet",
+    "percent_agreement",
+    "n_agreement",
+    "intra_reader",
+    "repeat",
+)
+
+
+def _notes(note: str) -> tuple[list[str], list[str]]:
+    """A summary row's note split between the accuracy table and the agreement table.
+
+    Each part names its columns before a colon (or is a remark); a part shows in
+    the table whose empty cells it explains, in both where it names columns of both.
+    """
+    accuracy, agreement = [], []
+    for part in filter(None, note.split("; ")):
+        columns = part.split(": ", 1)[0].lower() if ": " in part else part.lower()
+        names = [c.strip() for c in columns.split(",")]
+        about_agreement = [any(word in name for word in AGREEMENT_WORDS) for name in names]
+        if any(about_agreement):
+            agreement.append(part)
+        if not all(about_agreement):
+            accuracy.append(part)
+    return accuracy, agreement
+
+
 def results_page_context(study: Study) -> dict:
     problem = _clash(study)
     if problem:
@@ -34,11 +63,15 @@ def results_page_context(study: Study) -> dict:
     arms = []
     for group in summary.groups:
         detail = summary.details[group]
+        row = summary.pooled(group)
+        accuracy_notes, agreement_notes = _notes(row["note"] or "")
         arms.append(
             {
                 "group": group,
                 "name": names.get(group, group),
-                "row": summary.pooled(group),
+                "row": row,
+                "accuracy_note": "; ".join(accuracy_notes),
+                "agreement_note": "; ".join(agreement_notes),
                 "confusion": list(zip(("Real", "Synthetic"), detail.confusion, strict=True)),
                 "intervals": detail.intervals,
             }

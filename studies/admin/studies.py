@@ -3,6 +3,7 @@
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect
@@ -92,8 +93,12 @@ class ReadersForm(forms.Form):
     def __init__(self, *args, study: Study, **kwargs):
         super().__init__(*args, **kwargs)
         taken = study.readers.values("reader")
+        # Readers only: a researcher's own staff account has no business in the sequence.
         self.fields["existing"].queryset = (
-            get_user_model().objects.filter(is_active=True).exclude(pk__in=taken).order_by("username")
+            get_user_model()
+            .objects.filter(is_active=True, is_staff=False, is_superuser=False)
+            .exclude(pk__in=taken)
+            .order_by("username")
         )
 
     def clean_new(self):
@@ -235,6 +240,7 @@ class StudyAdmin(admin.ModelAdmin):
             "form": form,
             "created": created,
             "progress": study_progress(study),
+            "awaiting_password": _awaiting_password(study),
             "title": f"Readers of {study}",
         }
         return TemplateResponse(request, "admin/studies/study/readers.html", context)
@@ -257,6 +263,8 @@ class StudyAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "study": study,
             "title": f"Results of {study}",
+            # The wide tables get the whole width: no admin menu beside them.
+            "is_nav_sidebar_enabled": False,
             **results_page_context(study),
         }
         return TemplateResponse(request, "admin/studies/study/results.html", context)
@@ -264,6 +272,16 @@ class StudyAdmin(admin.ModelAdmin):
     def download_view(self, request, pk, name):
         study = self._study(request, pk, view_only=True)
         return results_download(study, name)
+
+
+def _awaiting_password(study: Study) -> set[int]:
+    """The study's readers who have not set a password yet: only they may get a new one-time link
+    (a link for a working account would let it reset a reader's password without their asking)."""
+    return set(
+        study.readers.filter(reader__password__startswith=UNUSABLE_PASSWORD_PREFIX).values_list(
+            "reader_id", flat=True
+        )
+    )
 
 
 def _lifecycle_context(study: Study) -> dict:
@@ -288,6 +306,16 @@ def _lifecycle_context(study: Study) -> dict:
 
 @admin.register(Presentation)
 class PresentationAdmin(admin.ModelAdmin):
+    """Read only: presentations are made by the app when a study opens or a reader joins it."""
+
     list_display = ["study", "reader", "position", "image", "is_practice", "is_repeat"]
     list_filter = ["study", "is_practice", "is_repeat"]
-    raw_id_fields = ["image", "reader"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
