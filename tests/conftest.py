@@ -78,6 +78,16 @@ def worker_environment() -> dict[str, str]:
     return env
 
 
+def wait_until(predicate, *, timeout: float, what: str):
+    """Poll the database (or anything) until `predicate` returns something true; that result."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
 def wait_for_worker(hostname: str, process: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
