@@ -105,11 +105,12 @@ class Workers:
         self.log_dir = log_dir
         self.started: list[tuple[subprocess.Popen, object]] = []
 
-    def start(self, **env) -> tuple[str, subprocess.Popen]:
+    def start(self, *, beat: bool = False, **env) -> tuple[str, subprocess.Popen]:
+        """A worker with these extra environment variables; with `beat`, it runs the schedule too."""
         hostname = f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
         log = open(self.log_dir / f"{hostname}.log", "w+")
         process = subprocess.Popen(
-            worker_command(hostname=hostname),
+            worker_command(hostname=hostname, beat=beat),
             cwd=settings.BASE_DIR,
             env={**worker_environment(), **env},
             stdout=log,
