@@ -3,6 +3,8 @@
 Workers start with `celery -A config worker -Q gpu,default`. Generation (and later
 training) runs on the `gpu` queue so that GPU hosts consume only that queue; the rest
 goes to `default`. Job state lives in database rows, never in a result backend.
+Periodic work runs on the beat schedule below: exactly one `celery -A config beat`
+(or, in the demo, its worker's `-B`).
 """
 
 import os
@@ -44,7 +46,11 @@ def configure(app: Celery) -> None:
         broker_connection_retry_on_startup=True,
         task_default_queue="default",
         task_queues=[Queue("default"), Queue("gpu")],
-        task_routes={"generation.tasks.*": {"queue": "gpu"}},
+        # An exact name wins over the pattern: the sweep only reads and writes rows.
+        task_routes={
+            "generation.tasks.sweep_jobs": {"queue": "default"},
+            "generation.tasks.*": {"queue": "gpu"},
+        },
         # A task is acknowledged only when it has finished, and handed to another
         # worker if its worker dies: tasks are written to be safe to run twice.
         task_acks_late=True,
@@ -60,6 +66,22 @@ def configure(app: Celery) -> None:
         task_send_sent_event=True,
         task_always_eager=settings.CELERY_TASK_ALWAYS_EAGER,
         timezone=settings.TIME_ZONE,
+        # State moves in the background, never in a page's GET. Reader links need no
+        # entry: they are Django password-reset tokens, which carry their own time and
+        # expire by themselves.
+        beat_schedule={
+            "sweep-stuck-generation-jobs": {
+                "task": "generation.tasks.sweep_jobs",
+                "schedule": settings.CELERY_BEAT_SECONDS,
+            },
+            # A safety net: a job's end already advances its studies (studies.tasks).
+            "advance-preparing-studies": {
+                "task": "studies.tasks.preparations_advance",
+                "schedule": settings.CELERY_BEAT_SECONDS,
+            },
+        },
+        # Beat remembers its last runs here, not in whatever folder it was started from.
+        beat_schedule_filename=str(settings.VAR_DIR / "celerybeat-schedule"),
     )
 
 
@@ -67,8 +89,12 @@ app.on_configure.connect(lambda sender, **kwargs: configure(sender), weak=False)
 app.autodiscover_tasks()
 
 
-def worker_command(*, hostname: str = "", loglevel: str = "INFO") -> list[str]:
-    """The command line of one worker on both queues, one process: for the demo, tests, benchmarks."""
+def worker_command(*, hostname: str = "", loglevel: str = "INFO", beat: bool = False) -> list[str]:
+    """The command line of one worker on both queues, one process: for the demo, tests, benchmarks.
+
+    With `beat`, it also runs the beat schedule (`-B`): right for one worker, as in the
+    demo; a deployment runs one `celery -A config beat` instead.
+    """
     command = [
         sys.executable,
         "-m",
@@ -83,4 +109,6 @@ def worker_command(*, hostname: str = "", loglevel: str = "INFO") -> list[str]:
     ]
     if hostname:
         command += ["--hostname", hostname]
+    if beat:
+        command.append("-B")
     return [*command, "--loglevel", loglevel]

@@ -152,6 +152,8 @@ if CELERY_BROKER_VISIBILITY_TIMEOUT <= CELERY_TASK_TIME_LIMIT:
         "or running tasks are delivered a second time."
     )
 CELERY_TASK_ALWAYS_EAGER = False
+# How often Celery beat runs the periodic work (stuck jobs, preparing studies).
+CELERY_BEAT_SECONDS = env_int("CELERY_BEAT_SECONDS", 60)
 
 # --- Security -----------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True

@@ -6,7 +6,7 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from .forms import GenerateForm, GenerativeModelForm
-from .jobs import job_cancel, job_launch, job_progress, job_retry, jobs_sweep
+from .jobs import job_cancel, job_launch, job_progress, job_retry
 from .models import GeneratedImage, GenerationJob, GenerativeModel, ModelVersion, WorkerReport
 from .registry import ModelRefused
 from .services import model_register, model_settings_update, worker_reports_request
@@ -226,12 +226,7 @@ class GenerationJobAdmin(admin.ModelAdmin):
         n = sum(job_retry(job=job) for job in queryset)
         messages.info(request, f"{n} job(s) queued again.")
 
-    def changelist_view(self, request, extra_context=None):
-        jobs_sweep()
-        return super().changelist_view(request, extra_context)
-
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        jobs_sweep()
         job = self.get_object(request, object_id)
         extra = {"job": job}
         if job:

@@ -7,6 +7,7 @@ database's uniqueness on (version, seed) settles any race.
 """
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,7 +23,9 @@ from studies.imaging.decode import Decoded
 from studies.models import Image
 
 from .models import GeneratedImage, GenerationJob, ModelVersion
+from .signals import job_done
 
+logger = logging.getLogger(__name__)
 Status = GenerationJob.Status
 # Seeds of remade outputs: far from any seed a job would ask for.
 REMAKE_OFFSET = 2**40
@@ -69,7 +72,7 @@ def _enqueue_missing(job: GenerationJob) -> None:
 
     missing = missing_seeds(job.version, job.seeds)
     if not missing:
-        GenerationJob.objects.filter(pk=job.pk).update(status=Status.DONE, finished=timezone.now())
+        _mark_done(job.pk)
         return
     size = job.version.batch_size
     for start in range(0, len(missing), size):
@@ -109,9 +112,28 @@ def _fail(job_id: int, message: str) -> None:
 
 def _finish_if_complete(job: GenerationJob) -> None:
     if job.images().count() >= job.count:
-        GenerationJob.objects.filter(pk=job.pk, status__in=[Status.QUEUED, Status.RUNNING]).update(
-            status=Status.DONE, finished=timezone.now()
-        )
+        _mark_done(job.pk)
+
+
+def _mark_done(job_id: int) -> None:
+    """Mark a queued or running job done and, once it is committed, say so (`job_done`).
+
+    Only the update that changes the row announces it, so the last two chunks of a
+    job finishing together announce it once.
+    """
+    if GenerationJob.objects.filter(pk=job_id, status__in=[Status.QUEUED, Status.RUNNING]).update(
+        status=Status.DONE, finished=timezone.now()
+    ):
+        transaction.on_commit(lambda: _announce_done(job_id))
+
+
+def _announce_done(job_id: int) -> None:
+    # A receiver that fails (the broker away) must not fail the chunk that made the
+    # images; what it would have started is picked up by the beat schedule instead.
+    job = GenerationJob.objects.get(pk=job_id)
+    for receiver, result in job_done.send_robust(sender=GenerationJob, job=job):
+        if isinstance(result, Exception):
+            logger.error("%s failed after job %s was done", receiver, job_id, exc_info=result)
 
 
 def _still_wanted(job_id: int, attempt: int) -> bool:
@@ -130,7 +152,7 @@ def jobs_sweep() -> int:
     A chunk can vanish without a word: killed at the hard time limit, or lost with
     a killed worker on the embedded filesystem broker (which has no redelivery).
     Such a job would show 'running' forever; failed, it can be retried, which makes
-    only its missing images. Called wherever a person watches jobs.
+    only its missing images. Run by Celery beat (config/celery.py), never by a page.
     """
     limit = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
     stale = GenerationJob.objects.filter(status=Status.RUNNING, heartbeat__lt=limit)

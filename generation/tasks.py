@@ -1,10 +1,10 @@
-"""Celery tasks of the generation app; every task here runs on the `gpu` queue."""
+"""Celery tasks of the generation app: on the `gpu` queue, but for the sweep (see config/celery.py)."""
 
 import socket
 
 from celery import shared_task
 
-from .jobs import chunk_run
+from .jobs import chunk_run, jobs_sweep
 from .services import worker_report_create
 
 
@@ -18,3 +18,9 @@ def report_worker(request_id: str) -> None:
 def generate_chunk(job_id: int, seeds: list[int], attempt: int = 1) -> None:
     """Make one batch of a generation job (see generation.jobs)."""
     chunk_run(job_id=job_id, seeds=seeds, attempt=attempt)
+
+
+@shared_task
+def sweep_jobs() -> int:
+    """Fail the jobs that no worker works on any more (run by beat; needs no GPU)."""
+    return jobs_sweep()

@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class StudiesConfig(AppConfig):
     name = "studies"
     verbose_name = "Reader studies"
+
+    def ready(self):
+        from generation.signals import job_done
+
+        from .tasks import preparations_after_job
+
+        job_done.connect(preparations_after_job, dispatch_uid="studies.preparations_after_job")

@@ -100,7 +100,12 @@ def study_prepare(*, study: Study) -> Study:
     study.status = Status.PREPARING
     study.selection_seed = secrets.randbits(63)
     study.save(update_fields=["status", "selection_seed"])
-    transaction.on_commit(lambda: study_preparation_check(study=study))
+    if not any(need.arm.job for need in needs):
+        # Nothing to generate: draw on a worker now. Otherwise the end of the jobs
+        # starts the draw (studies.tasks.preparations_after_job).
+        from .tasks import preparation_advance  # it imports this module
+
+        preparation_advance.delay_on_commit(study.pk)
     return study
 
 
@@ -123,8 +128,9 @@ def preparation_error(study: Study) -> str:
 def study_preparation_check(*, study: Study) -> Study:
     """Once every model has its images, draw the study's images and make it ready.
 
-    Called from the study's admin page (which refreshes while preparing) and
-    after prepare; drawing twice cannot happen, as the study row is locked.
+    Run on a worker (studies.tasks) after prepare, when a job it waits on is
+    done, and by beat's safety net; never by a page. Drawing twice cannot happen,
+    as the study row is locked.
     """
     study = Study.objects.select_for_update().get(pk=study.pk)
     if study.status != Status.PREPARING:

@@ -78,6 +78,16 @@ def worker_environment() -> dict[str, str]:
     return env
 
 
+def wait_until(predicate, *, timeout: float, what: str):
+    """Poll the database (or anything) until `predicate` returns something true; that result."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
 def wait_for_worker(hostname: str, process: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,11 +105,12 @@ class Workers:
         self.log_dir = log_dir
         self.started: list[tuple[subprocess.Popen, object]] = []
 
-    def start(self, **env) -> tuple[str, subprocess.Popen]:
+    def start(self, *, beat: bool = False, **env) -> tuple[str, subprocess.Popen]:
+        """A worker with these extra environment variables; with `beat`, it runs the schedule too."""
         hostname = f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
         log = open(self.log_dir / f"{hostname}.log", "w+")
         process = subprocess.Popen(
-            worker_command(hostname=hostname),
+            worker_command(hostname=hostname, beat=beat),
             cwd=settings.BASE_DIR,
             env={**worker_environment(), **env},
             stdout=log,

@@ -19,7 +19,6 @@ from ..lifecycle import (
     study_back_to_draft,
     study_close,
     study_open,
-    study_preparation_check,
     study_prepare,
 )
 from ..models import Presentation, Study, StudyModel, StudyReader
@@ -213,8 +212,7 @@ class StudyAdmin(admin.ModelAdmin):
         study = Study.objects.filter(pk=object_id).first()
         extra = dict(extra_context or {})
         if study is not None:
-            if study.status == Status.PREPARING:
-                study = study_preparation_check(study=study)
+            # While preparing, the page refreshes to show progress; the workers move the study on.
             extra.update(_lifecycle_context(study))
         return super().change_view(request, object_id, form_url, extra_context=extra)
 

@@ -3,6 +3,7 @@
 import pytest
 
 from generation.services import model_register
+from studies.lifecycle import study_preparation_check
 from studies.models import Presentation, Study, StudyReader
 from tests.generation.models import built
 from tests.generation.test_generate import make_images, run_job
@@ -48,8 +49,9 @@ def test_a_researcher_takes_a_study_from_draft_to_closed(client, researcher, rea
     assert b'http-equiv="refresh"' in page.content
     assert b"0 of 2" in page.content  # the job for the two missing images, with its progress bar
     run_job(study.arms.get().job)
+    study_preparation_check(study=study)  # what a worker does when the job is done
 
-    page = client.get(f"/admin/studies/study/{study.pk}/change/")  # the refresh notices the job is done
+    page = client.get(f"/admin/studies/study/{study.pk}/change/")
     study.refresh_from_db()
     assert study.status == Study.Status.READY
     assert b"Blinding audit" in page.content and b"Open anyway" in page.content  # noise vs phantoms
@@ -69,6 +71,20 @@ def test_a_researcher_takes_a_study_from_draft_to_closed(client, researcher, rea
     client.post(f"/admin/studies/study/{study.pk}/close/")
     study.refresh_from_db()
     assert study.status == Study.Status.CLOSED
+
+
+def test_the_page_of_a_preparing_study_only_reads_even_when_its_images_are_all_there(
+    client, researcher, ddpm
+):
+    client.force_login(researcher)
+    study = create_in_admin(client, make_real_set(6), ddpm)
+    client.post(f"/admin/studies/study/{study.pk}/prepare/")
+    run_job(study.arms.get().job)
+    for _ in range(2):  # the page refreshing itself
+        page = client.get(f"/admin/studies/study/{study.pk}/change/")
+        assert b'http-equiv="refresh"' in page.content and b"4 of 4" in page.content
+    study.refresh_from_db()
+    assert study.status == Study.Status.PREPARING and not study.images.exists()
 
 
 def test_new_readers_get_their_links_once_on_the_readers_page(client, researcher):

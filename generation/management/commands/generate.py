@@ -5,7 +5,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from generation.jobs import job_launch, job_progress, jobs_sweep
+from generation.jobs import job_launch, job_progress
 from generation.models import GenerationJob, GenerativeModel
 
 FINAL = {GenerationJob.Status.DONE, GenerationJob.Status.FAILED, GenerationJob.Status.CANCELLED}
@@ -47,8 +47,7 @@ class Command(BaseCommand):
         tty = sys.stdout.isatty()
         last, waited = None, time.monotonic()
         while True:
-            jobs_sweep()
-            job.refresh_from_db()
+            job.refresh_from_db()  # a stuck job is failed by beat's sweep, not here
             line = progress_line(job)
             if line != last:
                 self.stdout.write(("\r" + line) if tty else line, ending="" if tty else "\n")

@@ -75,7 +75,7 @@ class Command(BaseCommand):
         self.supervise(
             {
                 "web": [sys.executable, "manage.py", "runserver", addr, "--noreload"],
-                "worker": worker_command(hostname="demo@%h"),
+                "worker": worker_command(hostname="demo@%h", beat=True),
             }
         )
 
