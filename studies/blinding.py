@@ -161,3 +161,18 @@ def reader_problem(*, study: Study, reader) -> str:
         + "; ".join(overlap.describe() for overlap in found)
         + f". A reader must never be told the truth of an image they score. {remedy}."
     )
+
+
+def truth_may_be_shown(*, presentation) -> bool:
+    """Whether a practice answer may show its truth: not where its reader scores the same image anywhere.
+
+    The draw and the checks at "add reader" and "open" keep this from happening;
+    this is the last line, for overlaps made before them (both studies already open).
+    """
+    return presentation.is_practice and not (
+        StudyImage.objects.filter(
+            practice=False,
+            image__source_sha256=presentation.image.source_sha256,
+            study__readers__reader=presentation.reader_id,
+        ).exists()
+    )

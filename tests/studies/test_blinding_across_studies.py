@@ -6,6 +6,7 @@ from generation.models import GeneratedImage
 from studies.lifecycle import (
     StudyRefused,
     preparation_error,
+    sequence_build,
     study_audit,
     study_open,
     study_preparation_check,
@@ -209,3 +210,19 @@ def test_the_add_readers_page_explains_a_refusal_and_adds_the_other_readers(
     assert "2 readers added." in page
     added = set(StudyReader.objects.filter(study=scoring).values_list("reader__username", flat=True))
     assert added == {"outsider", "dr_lee"}
+
+
+def test_a_practice_answer_hides_the_truth_of_an_image_the_reader_scores_elsewhere(client, reader):
+    # Both studies opened before the rule, the reader in both: the answer is the last line.
+    shared, other = make_real_set(2, name="shared"), make_real_set(2, name="other")
+    x, y = shared.images.all()
+    practice = study_of("Practice", practice=[x, y], scored=other.images.all(), status="open")
+    scoring = study_of("Scoring", scored=[x, *other.images.all()], status="open")
+    for study in (practice, scoring):
+        sequence_build(place=StudyReader.objects.create(study=study, reader=reader, seed=1, number=1))
+    client.force_login(reader)
+    for image, shown in ((x, False), (y, True)):
+        presentation = Presentation.objects.get(study=practice, reader=reader, image=image)
+        body = client.post(f"/p/{presentation.pk}/answer", {"label": "real", "viewing_ms": 900}).json()
+        assert ("feedback" in body) is shown, body
+    assert Presentation.objects.get(study=practice, reader=reader, image=x).answer.label == "real"
