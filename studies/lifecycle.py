@@ -296,7 +296,8 @@ def study_open(*, study: Study, user, override_reason: str = "") -> Study:
     if missing:
         raise StudyRefused(f"{len(missing)} of the study's image files are missing; prepare it again.")
     # Not overridable, unlike the audit: a reader told the truth of what they score is no reader.
-    places = study.readers.select_related("reader")
+    # Only a study with an overlap somewhere can refuse a reader: most open without a query per reader.
+    places = study.readers.select_related("reader") if study_overlaps(study) else []
     refused = [problem for place in places if (problem := reader_problem(study=study, reader=place.reader))]
     if refused:
         raise StudyRefused("Cannot open: " + " ".join(refused))
