@@ -115,6 +115,8 @@ class AuditReport:
     n_synthetic: int = 0
     problems: list[str] = field(default_factory=list)
     warn_at: float = WARN_AT
+    # Images practice in one study and scored in another (filled in by the study's audit).
+    overlaps: list[dict] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:

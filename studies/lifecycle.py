@@ -17,9 +17,12 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image as PILImage
 
+from generation.models import GenerationJob, ModelVersion
+
+from .blinding import Pool, pool_of, reader_problem, study_overlaps
 from .images import file_write
 from .imaging.normalise import normalise
-from .models import Image, Presentation, Study, StudyImage, StudyModel, StudyReader
+from .models import Image, ImageSet, Presentation, Study, StudyImage, StudyModel, StudyReader
 
 logger = logging.getLogger(__name__)
 Status = Study.Status
@@ -53,8 +56,30 @@ def _needs(study: Study) -> tuple[int, list[ArmNeed]]:
     return real_practice, needs
 
 
-def _real_pool(study: Study):
-    return Image.objects.filter(origin=Image.Origin.REAL, image_set__in=study.real_sets.all())
+def _real_pool(study: Study) -> Pool:
+    images = Image.objects.filter(origin=Image.Origin.REAL, image_set__in=study.real_sets.all())
+    return pool_of(study=study, images=images)
+
+
+def _arm_pool(study: Study, version: ModelVersion) -> Pool:
+    return pool_of(study=study, images=Image.objects.filter(generated__version=version))
+
+
+def _real_shortage(study: Study, real_practice: int) -> str:
+    pool = _real_pool(study)
+    short = pool.shortage(scored=study.real_count, practice=real_practice)
+    if not short:
+        return ""
+    distinct = len(pool.free) + len(pool.scored_elsewhere) + len(pool.practice_elsewhere)
+    taken = (
+        f", of which {len(pool.practice_elsewhere)} are practice in other studies (never scored here) "
+        f"and {len(pool.scored_elsewhere)} are scored in other studies (never practice here)"
+    )
+    return (
+        f"{study.real_count + real_practice} real radiographs are wanted ({study.real_count} for the study, "
+        f"{real_practice} for practice) but the chosen sets hold {distinct}"
+        + (taken if distinct > len(pool.free) else "")
+    )
 
 
 def _check_design(study: Study) -> None:
@@ -66,14 +91,8 @@ def _check_design(study: Study) -> None:
         problems.append("add real radiographs: readers need real images to tell the synthetic ones from")
     elif not study.real_sets.exists():
         problems.append("choose the image sets to draw real radiographs from")
-    else:
-        available = _real_pool(study).count()
-        wanted = study.real_count + real_practice
-        if wanted > available:
-            problems.append(
-                f"{wanted} real radiographs are wanted ({study.real_count} for the study, {real_practice} "
-                f"for practice) but the chosen sets hold {available}"
-            )
+    elif shortage := _real_shortage(study, real_practice):
+        problems.append(shortage)
     if problems:
         raise StudyRefused("Cannot prepare: " + "; ".join(problems) + ".")
 
@@ -94,8 +113,10 @@ def study_prepare(*, study: Study) -> Study:
     for need in needs:
         arm = need.arm
         arm.version = arm.model.current_version
-        have = arm.version.images.count()
-        arm.job = job_launch(version=arm.version, count=need.total - have) if have < need.total else None
+        short = _arm_pool(study, arm.version).shortage(
+            scored=need.study_images, practice=need.practice_images
+        )
+        arm.job = job_launch(version=arm.version, count=short) if short else None
         arm.save(update_fields=["version", "job"])
     study.status = Status.PREPARING
     study.selection_seed = secrets.randbits(63)
@@ -115,13 +136,33 @@ def preparation_jobs(study: Study) -> list:
 
 
 def preparation_error(study: Study) -> str:
-    """Why preparation cannot finish (a failed or cancelled job), or ''."""
-    from generation.models import GenerationJob
-
-    for job in preparation_jobs(study):
+    """Why preparation cannot finish (a failed or cancelled job, images taken meanwhile), or ''."""
+    jobs = preparation_jobs(study)
+    for job in jobs:
         if job.status in (GenerationJob.Status.FAILED, GenerationJob.Status.CANCELLED):
             return f"The generation job for {job.version.model} {job.status}: {job.error or 'no message'}"
+    if any(job.status != GenerationJob.Status.DONE for job in jobs):
+        return ""
+    short = _shortages(study)
+    if short:
+        return (
+            "Another study drew some of the same images meanwhile, and they cannot be both practice "
+            f"and scored: {'; '.join(short)}. Send this study back to draft and prepare it again."
+        )
     return ""
+
+
+def _shortages(study: Study) -> list[str]:
+    """What the draw lacks, given the other studies' draws; empty once it can be made."""
+    real_practice, needs = _needs(study)
+    found = [shortage] if (shortage := _real_shortage(study, real_practice)) else []
+    for need in needs:
+        short = _arm_pool(study, need.arm.version).shortage(
+            scored=need.study_images, practice=need.practice_images
+        )
+        if short:
+            found.append(f"{need.arm.model} lacks {short} image{'s' if short != 1 else ''}")
+    return found
 
 
 @transaction.atomic
@@ -136,28 +177,36 @@ def study_preparation_check(*, study: Study) -> Study:
     if study.status != Status.PREPARING:
         return study
     real_practice, needs = _needs(study)
-    if any(need.arm.version.images.count() < need.total for need in needs):
+    _draws_lock(study, needs)
+    if _shortages(study):
         return study
     rng = random.Random(study.selection_seed)
     chosen: list[tuple[int, bool]] = []
 
-    def draw(ids: list[int], study_n: int, practice_n: int) -> None:
-        picked = rng.sample(sorted(ids), study_n + practice_n)
-        chosen.extend((image_id, False) for image_id in picked[:study_n])
-        chosen.extend((image_id, True) for image_id in picked[study_n:])
+    def draw(pool: Pool, study_n: int, practice_n: int) -> None:
+        scored, practice = pool.draw(rng, scored=study_n, practice=practice_n)
+        chosen.extend((image_id, False) for image_id in scored)
+        chosen.extend((image_id, True) for image_id in practice)
 
-    draw(list(_real_pool(study).values_list("pk", flat=True)), study.real_count, real_practice)
+    draw(_real_pool(study), study.real_count, real_practice)
     for need in needs:
-        draw(
-            list(need.arm.version.images.values_list("image_id", flat=True)),
-            need.study_images,
-            need.practice_images,
-        )
+        draw(_arm_pool(study, need.arm.version), need.study_images, need.practice_images)
     _images_replace(study, chosen)
     study.status = Status.READY
     study.audit_report = study_audit(study).as_dict()
     study.save(update_fields=["status", "audit_report"])
     return study
+
+
+def _draws_lock(study: Study, needs: list[ArmNeed]) -> None:
+    # Two studies drawing from the same sets or model versions at once would not see
+    # each other's practice and scored images; one waits for the other (in pk order, no
+    # deadlock). "No key" locks leave workers free to add images to the versions.
+    sets = ImageSet.objects.select_for_update(no_key=True, of=("self",)).filter(studies=study)
+    list(sets.order_by("pk").values("pk"))
+    versions = [need.arm.version_id for need in needs]
+    arms = ModelVersion.objects.select_for_update(no_key=True).filter(pk__in=versions)
+    list(arms.order_by("pk").values("pk"))
 
 
 def _images_replace(study: Study, chosen: list[tuple[int, bool]]) -> None:
@@ -208,7 +257,11 @@ def files_missing(study: Study) -> list[StudyImage]:
 
 
 def study_audit(study: Study):
-    """The blinding audit of the study's images (practice excluded), as readers would download them."""
+    """The blinding audit of the study's images (practice excluded), as readers would download them.
+
+    It also reports the study's images that are practice in one study and scored in
+    another: readers of both would be told the truth of what they score.
+    """
     from .audit import audit
 
     def items():
@@ -217,7 +270,15 @@ def study_audit(study: Study):
             with field.open("rb") as f:
                 yield f.read(), row.image.origin == Image.Origin.SYNTHETIC
 
-    return audit(items())
+    report = audit(items())
+    for overlap in study_overlaps(study):
+        report.overlaps.append(overlap.as_dict())
+        who = "every reader" if overlap.practice_study == overlap.scored_study else "readers of both"
+        report.problems.append(
+            f"{overlap.describe()}: {who} would be told the truth of images they score, and are refused; "
+            "a study not yet open draws other images when sent back to draft and prepared again"
+        )
+    return report
 
 
 @transaction.atomic
@@ -240,6 +301,12 @@ def study_open(*, study: Study, user, override_reason: str = "") -> Study:
     missing = files_missing(study)
     if missing:
         raise StudyRefused(f"{len(missing)} of the study's image files are missing; prepare it again.")
+    # Not overridable, unlike the audit: a reader told the truth of what they score is no reader.
+    # Only a study with an overlap somewhere can refuse a reader: most open without a query per reader.
+    places = study.readers.select_related("reader") if study_overlaps(study) else []
+    refused = [problem for place in places if (problem := reader_problem(study=study, reader=place.reader))]
+    if refused:
+        raise StudyRefused("Cannot open: " + " ".join(refused))
     report = study_audit(study)
     override_reason = override_reason.strip()
     if not report.passed and not override_reason:

@@ -5,6 +5,7 @@ import secrets
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
+from .blinding import reader_problem
 from .models import Answer, Presentation, Study, StudyReader
 
 
@@ -23,11 +24,17 @@ def study_reader_add(*, study: Study, reader) -> StudyReader:
     The seed comes from the operating system's secure source, so no reader can
     predict an order; recorded, it lets a researcher rebuild the order exactly.
     The sequence itself is made when the study opens, or at once if it is open.
+    Refused (StudyRefused) where the reader would be told the truth of an image
+    they score, in this study or another.
     """
-    from .lifecycle import sequence_build
+    from .lifecycle import StudyRefused, sequence_build
 
     # Locked, so that a reader added while the study opens still gets a sequence.
     study = Study.objects.select_for_update().get(pk=study.pk)
+    if not StudyReader.objects.filter(study=study, reader=reader).exists():
+        # A reader joining late must not be told the truth of an image they score elsewhere.
+        if problem := reader_problem(study=study, reader=reader):
+            raise StudyRefused(problem)
     taken = StudyReader.objects.filter(study=study).aggregate(last=Max("number"))["last"] or 0
     place, _ = StudyReader.objects.get_or_create(
         study=study, reader=reader, defaults={"seed": secrets.randbits(63), "number": taken + 1}

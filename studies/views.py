@@ -13,6 +13,7 @@ from django.utils.html import escape
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
+from .blinding import truth_may_be_shown
 from .models import Image, Study
 from .selectors import (
     presentation_for_reader,
@@ -114,8 +115,9 @@ def presentation_answer(request, presentation_id):
     except AnswerRefused as exc:
         return JsonResponse({"error": str(exc)}, status=400)
     state = _state_json(request.user, presentation.study)
-    if presentation.is_practice:
-        # Practice only: the truth, so readers learn the task. Study images never get it.
+    if truth_may_be_shown(presentation=presentation):
+        # Practice only: the truth, so readers learn the task. Study images never get it,
+        # nor practice images that the reader scores in another study.
         state["feedback"] = {
             "truth": "fake" if presentation.image.origin == Image.Origin.SYNTHETIC else "real"
         }

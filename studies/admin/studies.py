@@ -221,12 +221,21 @@ class StudyAdmin(admin.ModelAdmin):
         form = ReadersForm(request.POST or None, study=study)
         created = []
         if request.method == "POST" and form.is_valid():
+            # One reader refused (blinding across studies) must not keep the others out.
+            added = 0
             for user in form.cleaned_data["existing"]:
-                study_reader_add(study=study, reader=user)
-            created = readers_create(
-                study=study, accounts=form.cleaned_data["new"], base_url=request.build_absolute_uri("/")
-            )
-            added = len(form.cleaned_data["existing"]) + len(created)
+                try:
+                    study_reader_add(study=study, reader=user)
+                    added += 1
+                except StudyRefused as exc:
+                    messages.error(request, str(exc))
+            try:
+                created = readers_create(
+                    study=study, accounts=form.cleaned_data["new"], base_url=request.build_absolute_uri("/")
+                )
+            except StudyRefused as exc:
+                messages.error(request, str(exc))
+            added += len(created)
             messages.success(request, f"{added} reader{'s' if added != 1 else ''} added.")
             if not created:
                 return redirect("admin:studies_study_readers", pk)
