@@ -2,6 +2,8 @@
 
 from django import forms
 
+from studies.validators import no_formula_start
+
 from .models import GenerativeModel, ModelVersion
 from .registry import ModelRefused, inspect_lora, inspect_pipeline
 
@@ -39,6 +41,7 @@ class GenerativeModelForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fields["name"].validators.append(no_formula_start)
         if self.instance.pk:
             for name, value in self.instance.current_version.settings_dict().items():
                 self.initial[name] = value

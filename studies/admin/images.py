@@ -1,5 +1,6 @@
 """Admin of real image sets, their imports, and the images readers see."""
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import RequestDataTooBig, TooManyFilesSent
@@ -14,10 +15,22 @@ from ..forms import ImageUploadForm
 from ..imports import import_jobs_retry
 from ..models import Image, ImageSet, ImportJob, ImportResult
 from ..uploads import import_job_create
+from ..validators import no_formula_start
+
+
+class ImageSetForm(forms.ModelForm):
+    class Meta:
+        model = ImageSet
+        fields = ["name", "description"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["name"].validators.append(no_formula_start)
 
 
 @admin.register(ImageSet)
 class ImageSetAdmin(admin.ModelAdmin):
+    form = ImageSetForm
     list_display = ["name", "image_count", "created"]
     search_fields = ["name"]
     change_form_template = "admin/studies/imageset/change_form.html"
