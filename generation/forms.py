@@ -41,13 +41,16 @@ class GenerativeModelForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["name"].validators.append(no_formula_start)
         if self.instance.pk:
             for name, value in self.instance.current_version.settings_dict().items():
                 self.initial[name] = value
             for name in ("path", "lora_path"):
                 self.fields[name].disabled = True
                 self.fields[name].help_text = "Fixed once registered: register a new model for new weights."
+
+    def clean_name(self):
+        no_formula_start(self.cleaned_data["name"])
+        return self.cleaned_data["name"]
 
     def settings(self) -> dict:
         return {name: self.cleaned_data[name] for name in ModelVersion.SETTINGS}

@@ -59,9 +59,9 @@ class StudyForm(forms.ModelForm):
         model = Study
         fields = [*["title", "instructions"], *DESIGN_FIELDS, *ANSWER_FIELDS]
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["title"].validators.append(no_formula_start)
+    def clean_title(self):
+        no_formula_start(self.cleaned_data["title"])
+        return self.cleaned_data["title"]
 
     def clean_repeat_percent(self):
         value = self.cleaned_data["repeat_percent"]
