@@ -108,7 +108,7 @@ def _check_member_size(info: zipfile.ZipInfo) -> None:
 
 def _outside_name(name: str) -> str:
     """Why a member's name points outside the archive's folder (empty if it does not)."""
-    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[\\/]", name):
         return "an absolute path as its name: a zip of a folder names its files relative to it"
     if ".." in re.split(r"[\\/]", name):
         return "'..' in its name, which points outside the archive's folder"
