@@ -7,17 +7,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .cells import text_cell
 from .rates import fakeness_bins
 from .reads import Reads
 from .summary import COHEN_COLUMNS, SUMMARY_COLUMNS, Summary
 
 
 def cell(value) -> str:
-    """How a value is written: empty when undefined, floats to 6 significant digits."""
+    """How a value is written: empty when undefined, floats to 6 significant digits, text never a formula."""
     if value is None:
         return ""
     if isinstance(value, float):
         return "" if not np.isfinite(value) else format(value, ".6g")
+    if isinstance(value, str):
+        return text_cell(value)
     return str(value)
 
 
@@ -39,8 +42,8 @@ def cohen_csv(summary: Summary) -> str:
 
 
 def safe_name(name: str) -> str:
-    """A model's name as it can stand in a file name and in an iMRMC field."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+    """A model's name as it can stand in a file name and in an iMRMC field (never starting with `-`)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip("._-").rstrip("._") or "model"
 
 
 def imrmc_names(models: list[str]) -> dict[str, str]:
@@ -74,8 +77,8 @@ def imrmc_csv(reads: Reads, model: str) -> str:
     truth = (reads.image_model[cases] > 0).astype(int)
     modality = safe_name(model)
     lines = [
-        f"iMRMC input for the arm of model {model} in study {reads.study}: its synthetic images "
-        "(truth 1) against every real image (truth 0)",
+        f"iMRMC input for the arm of model {_free_text(model)} in study {_free_text(reads.study)}: "
+        "its synthetic images (truth 1) against every real image (truth 0)",
         "Score: the fakeness score of each reader's first read (real 6-c, unsure 6, fake 6+c "
         "with confidence c; without a confidence real 0, unsure 0.5, fake 1)",
         f"NR: {np.unique(r).size}",
@@ -84,12 +87,17 @@ def imrmc_csv(reads: Reads, model: str) -> str:
         "NM: 1",
         "BEGIN DATA:",
     ]
-    lines += [f"-1,{reads.images[case]},0,{flag}" for case, flag in zip(cases, truth, strict=True)]
+    case_ids = [text_cell(name) for name in reads.images]
+    reader_ids = [text_cell(name) for name in reads.readers]
+    lines += [f"-1,{case_ids[case]},0,{flag}" for case, flag in zip(cases, truth, strict=True)]
     order = np.lexsort((i, r))
-    lines += [
-        f"{reads.readers[r[j]]},{reads.images[i[j]]},{modality},{cell(float(values[j]))}" for j in order
-    ]
+    lines += [f"{reader_ids[r[j]]},{case_ids[i[j]]},{modality},{cell(float(values[j]))}" for j in order]
     return "\n".join(lines) + "\n"
+
+
+def _free_text(text) -> str:
+    """A name inside a free header line of iMRMC: one line, no comma after which a cell could begin."""
+    return re.sub(r"[,\r\n\t]+", " ", str(text))
 
 
 def result_files(reads: Reads, summary: Summary) -> dict[str, str]:

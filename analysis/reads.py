@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cells import text_cell, text_from_cell
+
 ANSWER_COLUMNS = [
     "study",
     "reader",
@@ -305,12 +307,12 @@ def _add_text_row(builder: ReadsBuilder, line: int, row: dict[str, str]) -> None
         builder.problem(line, f"is_repeat {row['is_repeat']!r} is not true or false")
     builder.add(
         line=line,
-        study=row["study"].strip(),
-        reader=row["reader"].strip(),
-        image=row["image"].strip(),
-        truth=row["truth"].strip(),
-        model=row["model"],
-        label=row["label"].strip(),
+        study=text_from_cell(row["study"].strip()),
+        reader=text_from_cell(row["reader"].strip()),
+        image=text_from_cell(row["image"].strip()),
+        truth=text_from_cell(row["truth"].strip()),
+        model=text_from_cell(row["model"]),
+        label=text_from_cell(row["label"].strip()),
         confidence=values["confidence"],
         seconds=values["seconds"],
         is_repeat=bool(repeat),
@@ -318,16 +320,16 @@ def _add_text_row(builder: ReadsBuilder, line: int, row: dict[str, str]) -> None
 
 
 def answers_csv_line(row: dict) -> list[str]:
-    """One read as the fields of an answers.csv line."""
+    """One read as the fields of an answers.csv line (text never a spreadsheet formula: cells.py)."""
     answered = row["answered_at"]
     return [
-        str(row["study"]),
-        row["reader"],
-        str(row["image"]),
-        row["truth"],
-        row["model"],
-        row["prompt"],
-        row["label"],
+        text_cell(str(row["study"])),
+        text_cell(row["reader"]),
+        text_cell(str(row["image"])),
+        text_cell(row["truth"]),
+        text_cell(row["model"]),
+        text_cell(row["prompt"]),
+        text_cell(row["label"]),
         "" if row["confidence"] is None else str(row["confidence"]),
         "" if row["seconds"] is None else repr(float(row["seconds"])),
         str(row["position"]),

@@ -2,6 +2,8 @@
 
 from django import forms
 
+from studies.validators import no_formula_start
+
 from .models import GenerativeModel, ModelVersion
 from .registry import ModelRefused, inspect_lora, inspect_pipeline
 
@@ -42,6 +44,10 @@ class GenerativeModelForm(forms.ModelForm):
         if self.instance.pk:
             for name, value in self.instance.current_version.settings_dict().items():
                 self.initial[name] = value
+
+    def clean_name(self):
+        no_formula_start(self.cleaned_data["name"])
+        return self.cleaned_data["name"]
 
     def settings(self) -> dict:
         return {name: self.cleaned_data[name] for name in ModelVersion.SETTINGS}

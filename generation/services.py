@@ -7,6 +7,8 @@ from pathlib import Path
 from django.conf import settings as django_settings
 from django.db import transaction
 
+from analysis.cells import formula_refusal
+
 from .models import GenerativeModel, ModelVersion, WorkerReport
 from .registry import ALLOWED_PIPELINES, ModelRefused, inspect_lora, inspect_pipeline, unpack_zip
 
@@ -60,6 +62,8 @@ def model_register(
     The checks (and unpacking a zip) run before the transaction: they can be slow,
     and SQLite would hold its write lock throughout.
     """
+    if problem := formula_refusal(name, "a model's name"):
+        raise ModelRefused(problem)
     if GenerativeModel.objects.filter(name=name).exists():
         raise ModelRefused(f"a model named {name!r} is already registered")
     folder = Path(path)

@@ -2,11 +2,13 @@
 
 One bad file never stops the others: each file ends as imported, duplicate (same
 bytes already in the set) or refused with the reason, and the caller hears of each
-as it happens. Zips are read one member at a time, so memory stays flat.
+as it happens. Zips are read one member at a time, each capped at the size of the
+largest radiograph, so memory stays bounded whatever the archive.
 """
 
 import csv
 import json
+import re
 import shutil
 import zipfile
 import zlib
@@ -23,6 +25,12 @@ from .imaging.decode import MAX_FILE_BYTES, ImageRefused, decode
 from .models import Image, ImageSet, ImportJob, ImportResult
 
 JUNK_NAMES = {"Thumbs.db", "desktop.ini"}
+# Radiographs deflate a few times at most (PNG and JPEG not at all); a member that
+# inflates a hundredfold is nearly all one byte value: a decompression bomb, or an
+# image so blank that it would be refused anyway. Small members cost little either way.
+MAX_ZIP_RATIO = 100
+RATIO_CHECKED_BYTES = 8 * 2**20
+READ_CHUNK = 2**20
 
 Status = ImportResult.Status
 
@@ -64,23 +72,56 @@ def _zip_member_reader(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[
     def read() -> bytes:
         if info.flag_bits & 0x1:
             raise ImageRefused("encrypted zip member: unpack it first")
-        if info.file_size > MAX_FILE_BYTES:
-            raise ImageRefused(f"file too large ({info.file_size / 2**20:.0f} MB unpacked)")
+        _check_member_size(info)
         try:
             with zf.open(info) as member:
-                # The header's size can lie: never read more than the limit.
-                data = member.read(MAX_FILE_BYTES + 1)
+                # In chunks: one read of the whole member holds the packed bytes, zlib's
+                # blocks and their copy at once (three times the member). zipfile stops at
+                # the size the header declares, which was checked; the cap stands anyway.
+                chunks, size = [], 0
+                while size <= MAX_FILE_BYTES and (chunk := member.read(READ_CHUNK)):
+                    chunks.append(chunk)
+                    size += len(chunk)
         except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, zlib.error) as exc:
             raise ImageRefused(f"damaged zip member ({exc})") from None
-        if len(data) > MAX_FILE_BYTES:
+        if size > MAX_FILE_BYTES:
             raise ImageRefused("file too large once unpacked")
-        return data
+        return b"".join(chunks)
 
     return read
 
 
+def _check_member_size(info: zipfile.ZipInfo) -> None:
+    """Refuse, before inflating a byte, a member larger than a radiograph or than its packing allows."""
+    unpacked, packed = info.file_size, max(info.compress_size, 1)
+    if unpacked > MAX_FILE_BYTES:
+        raise ImageRefused(
+            f"file too large ({unpacked / 2**20:.0f} MB unpacked; the limit is {MAX_FILE_BYTES // 2**20} MB)"
+        )
+    if unpacked > RATIO_CHECKED_BYTES and unpacked > MAX_ZIP_RATIO * packed:
+        raise ImageRefused(
+            f"unpacks {unpacked // packed:,} times larger than it is packed ({unpacked / 2**20:.0f} MB "
+            f"from {packed / 2**20:.1f} MB; radiographs pack at most {MAX_ZIP_RATIO} times smaller): "
+            "a decompression bomb, or an image with nothing in it"
+        )
+
+
+def _outside_name(name: str) -> str:
+    """Why a member's name points outside the archive's folder (empty if it does not)."""
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[\\/]", name):
+        return "an absolute path as its name: a zip of a folder names its files relative to it"
+    if ".." in re.split(r"[\\/]", name):
+        return "'..' in its name, which points outside the archive's folder"
+    return ""
+
+
 def _zip_members(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
-    return [i for i in zf.infolist() if not i.is_dir() and not _is_junk(Path(i.filename))]
+    """Members to import or to refuse by name: junk is skipped, a name reaching outside never is."""
+    return [
+        i
+        for i in zf.infolist()
+        if not i.is_dir() and (_outside_name(i.filename) or not _is_junk(Path(i.filename)))
+    ]
 
 
 def _zip_sources(archive: Path, label: str) -> Iterator[Source]:
@@ -92,7 +133,9 @@ def _zip_sources(archive: Path, label: str) -> Iterator[Source]:
     with zf:
         for info in _zip_members(zf):
             name = f"{label}/{info.filename}"
-            if Path(info.filename).suffix.lower() == ".zip":
+            if outside := _outside_name(info.filename):
+                yield Source(name, _refuse(f"a zip member with {outside}"))
+            elif Path(info.filename).suffix.lower() == ".zip":
                 yield Source(name, _refuse("a zip inside a zip: unpack it first"))
             else:
                 yield Source(name, _zip_member_reader(zf, info))
@@ -105,16 +148,28 @@ def _refuse(reason: str) -> Callable[[], bytes]:
     return read
 
 
-def _files(paths: Iterable[str | Path]) -> Iterator[tuple[Path, str]]:
+LINK_REFUSAL = (
+    "a symbolic link: only files inside the folder are imported (copy the file itself into the folder)"
+)
+
+
+def _files(paths: Iterable[str | Path]) -> Iterator[tuple[Path, str, str]]:
+    """(path, label, why it is refused or ""): a folder's files, recursively, and the other paths given."""
     for given in paths:
         path = Path(given)
         if path.is_dir():
+            # A link inside the folder may lead anywhere on the server (rglob does not follow
+            # linked folders, but `is_file` would follow a linked file): refused by name.
             for child in sorted(path.rglob("*")):
                 relative = child.relative_to(path)
-                if child.is_file() and not _is_junk(relative):
-                    yield child, f"{path.name}/{relative}"
+                if _is_junk(relative):
+                    continue
+                if child.is_symlink():
+                    yield child, f"{path.name}/{relative}", LINK_REFUSAL
+                elif child.is_file():
+                    yield child, f"{path.name}/{relative}", ""
         else:
-            yield path, str(given)
+            yield path, str(given), ""
 
 
 def sources_from_paths(
@@ -125,9 +180,11 @@ def sources_from_paths(
     `labels` names files as the researcher knows them (admin uploads are stored
     under index names).
     """
-    for path, label in _files(paths):
+    for path, label, refusal in _files(paths):
         label = (labels or {}).get(path, label)
-        if not path.exists():
+        if refusal:
+            yield Source(label, _refuse(refusal))
+        elif not path.exists():
             yield Source(label, _refuse("no such file or folder"))
         else:
             yield from _file_sources(path, label)
@@ -136,8 +193,8 @@ def sources_from_paths(
 def count_sources(paths: Iterable[str | Path]) -> int:
     """How many sources `sources_from_paths` will give, without reading any file."""
     total = 0
-    for path, _ in _files(paths):
-        if path.suffix.lower() == ".zip" and path.is_file():
+    for path, _, refusal in _files(paths):
+        if not refusal and path.suffix.lower() == ".zip" and path.is_file():
             try:
                 with zipfile.ZipFile(path) as zf:
                     total += len(_zip_members(zf))

@@ -1,5 +1,6 @@
 """Admin of real image sets, their imports, and the images readers see."""
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import RequestDataTooBig, TooManyFilesSent
@@ -8,16 +9,30 @@ from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 
 from ..forms import ImageUploadForm
 from ..imports import import_jobs_retry
 from ..models import Image, ImageSet, ImportJob, ImportResult
 from ..uploads import import_job_create
+from ..validators import no_formula_start
+
+
+class ImageSetForm(forms.ModelForm):
+    class Meta:
+        model = ImageSet
+        fields = ["name", "description"]
+
+    def clean_name(self):
+        no_formula_start(self.cleaned_data["name"])
+        return self.cleaned_data["name"]
 
 
 @admin.register(ImageSet)
 class ImageSetAdmin(admin.ModelAdmin):
+    form = ImageSetForm
     list_display = ["name", "image_count", "created"]
     search_fields = ["name"]
     change_form_template = "admin/studies/imageset/change_form.html"
@@ -33,25 +48,38 @@ class ImageSetAdmin(admin.ModelAdmin):
         view = self.admin_site.admin_view(self.import_view)
         return [path("<int:pk>/import/", view, name="studies_imageset_import"), *super().get_urls()]
 
+    # Django reads an upload in its CSRF check, before any view runs, and turns too
+    # many files into a bare "Bad Request (400)". This view reads the upload first
+    # and answers a refused one with its own page, which changes nothing; every
+    # other request then goes through the CSRF check as usual.
+    @csrf_exempt
     def import_view(self, request, pk):
         image_set = get_object_or_404(ImageSet, pk=pk)
         if not self.has_change_permission(request, image_set):
             raise Http404
         try:
-            form = ImageUploadForm(request.POST or None, request.FILES or None)
+            request.FILES  # noqa: B018 (reading it parses the upload)
         except (TooManyFilesSent, RequestDataTooBig):
             messages.error(
                 request,
-                f"Too many files in one upload (at most {settings.DATA_UPLOAD_MAX_NUMBER_FILES}): "
-                "put them in a .zip, or upload them in parts.",
+                f"At most {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files in one upload; put them in a .zip "
+                "(folders inside are fine), or upload them in parts.",
             )
-            return redirect("admin:studies_imageset_import", pk)
+            return self._import_page(request, image_set, ImageUploadForm(), status=400)
+        return self._import_form(request, image_set)
+
+    @method_decorator(csrf_protect)
+    def _import_form(self, request, image_set):
+        form = ImageUploadForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             job = import_job_create(
                 image_set=image_set, files=form.cleaned_data["files"], findings=form.cleaned_data["findings"]
             )
             messages.info(request, "The files are uploaded; a worker is importing them.")
             return redirect("admin:studies_importjob_change", job.pk)
+        return self._import_page(request, image_set, form)
+
+    def _import_page(self, request, image_set, form, *, status=200):
         context = {
             **self.admin_site.each_context(request),
             "form": form,
@@ -59,7 +87,7 @@ class ImageSetAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "title": f"Import images into {image_set}",
         }
-        return TemplateResponse(request, "admin/studies/imageset/import.html", context)
+        return TemplateResponse(request, "admin/studies/imageset/import.html", context, status=status)
 
 
 class ImportResultInline(admin.TabularInline):

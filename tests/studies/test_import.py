@@ -3,16 +3,18 @@
 import io
 import os
 import re
+import tracemalloc
 import zipfile
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import Client
 
 from studies.images import NEUTRAL_MTIME
 from studies.imaging.phantoms import phantom
-from studies.imports import import_job_run
+from studies.imports import images_import, import_job_run, sources_from_paths
 from studies.models import Image, ImageSet, ImportJob
 from studies.uploads import import_job_create
 from tests.studies.files import dicom, jpeg, png16
@@ -263,3 +265,72 @@ def test_a_bad_findings_csv_fails_the_upload_with_the_reason():
     job.refresh_from_db()
     assert job.status == "failed"
     assert "must name the columns 'file' and 'finding'" in job.error
+
+
+def test_links_inside_a_folder_are_refused_by_name_and_never_followed(tmp_path, folder):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.png").write_bytes(png16(phantom(7, 600)))
+    (folder / "link.png").symlink_to(elsewhere / "secret.png")
+    (folder / "series" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    out, error = run_import("--set", "links", str(folder))
+    assert re.search(r"refused +export/link.png: a symbolic link: only files inside the folder", out)
+    assert re.search(r"refused +export/series/linked: a symbolic link", out)
+    assert "secret" not in out and "4 imported, 0 duplicate, 3 refused" in str(error)
+    assert ImageSet.objects.get(name="links").images.count() == 4
+
+
+def test_zip_members_named_outside_the_archive_are_refused_each_with_a_line(tmp_path):
+    archive = tmp_path / "pack.zip"
+    picture = png16(phantom(8, 600))
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in ["../escape.png", "/etc/abs.png", "C:/scans/drive.png", "a/..\\b.png", "ok/cxr.png"]:
+            zf.writestr(name, picture if name == "ok/cxr.png" else png16(phantom(len(name), 600)))
+        zf.writestr("c:colon.png", png16(phantom(40, 600)))  # a colon, not a drive
+    out, error = run_import("--set", "names", str(archive))
+    for name, why in [
+        ("../escape.png", "'..' in its name"),
+        ("/etc/abs.png", "an absolute path as its name"),
+        ("C:/scans/drive.png", "an absolute path as its name"),
+        ("a/..\\b.png", "'..' in its name"),
+    ]:
+        assert re.search(rf"refused +.*pack.zip/{re.escape(name)}: a zip member with {re.escape(why)}", out)
+    assert "2 imported, 0 duplicate, 4 refused" in str(error)
+    imported = ImageSet.objects.get(name="names").images.values_list("source_name", flat=True)
+    assert sorted(name.rsplit("pack.zip/", 1)[1] for name in imported) == ["c:colon.png", "ok/cxr.png"]
+
+
+def test_a_zip_bomb_is_refused_without_being_inflated(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("scan.dcm", bytes(48 * 2**20))  # 48 MB of zeros packed into 48 kB
+        zf.writestr("cxr.png", png16(phantom(9, 600)))
+    image_set = ImageSet.objects.create(name="bomb")
+    tracemalloc.start()
+    try:
+        outcomes = list(images_import(image_set=image_set, sources=sources_from_paths([archive])))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [o.status for o in outcomes] == ["refused", "imported"]
+    assert "times larger than it is packed" in outcomes[0].reason
+    assert "a decompression bomb" in outcomes[0].reason
+    assert peak < 24 * 2**20, f"{peak / 2**20:.0f} MB allocated"  # the member alone would be 48 MB
+
+
+def test_too_many_files_in_one_upload_get_the_pages_own_message(settings, researcher, tmp_path):
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3
+    image_set = ImageSet.objects.create(name="many")
+    client = Client(enforce_csrf_checks=True)  # as a browser: Django reads the upload in its CSRF check
+    client.force_login(researcher)
+    url = f"/admin/studies/imageset/{image_set.pk}/import/"
+    token = client.get(url).context["csrf_token"]
+    files = [upload(f"{n}.png", png16(phantom(n, 300))) for n in range(4)]
+    response = client.post(url, {"files": files, "csrfmiddlewaretoken": str(token)})
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "At most 3 files in one upload; put them in a .zip" in page and 'type="file"' in page
+    assert not ImportJob.objects.exists()
+    assert client.post(url, {"files": files[:2]}).status_code == 403  # the CSRF check still stands
+    response = client.post(url, {"files": files[:2], "csrfmiddlewaretoken": str(token)})
+    assert response.status_code == 302 and ImportJob.objects.count() == 1

@@ -2,6 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from analysis.cells import formula_refusal
 from studies.imports import images_import, load_findings, sources_from_paths
 from studies.models import ImageSet, ImportResult
 
@@ -25,6 +26,9 @@ class Command(BaseCommand):
             finding_map = load_findings(findings) if findings else {}
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        problem = formula_refusal(set_name, "An image set's name")
+        if problem and not ImageSet.objects.filter(name=set_name).exists():
+            raise CommandError(problem)
         image_set, created = ImageSet.objects.get_or_create(name=set_name)
         if created:
             self.stdout.write(f"Created the image set {set_name!r}.")
