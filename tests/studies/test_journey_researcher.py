@@ -201,7 +201,8 @@ def test_a_researcher_takes_a_study_through_its_life_by_clicking(
     assert Presentation.objects.filter(study=study, reader=reader).count() == 14
     # "Open since 2 Dec 2026, 01:05 UTC (by researcher)." - one full stop.
     opened = page.locator("p").filter(has_text="Open since")
-    expect(opened).to_have_text(re.compile(r"^Open since \d+ \w+ \d{4}, \d\d:\d\d UTC \(by researcher\)\.\s+12 images"))
+    when = r"\d+ \w+ \d{4}, \d\d:\d\d UTC"
+    expect(opened).to_have_text(re.compile(rf"^Open since {when} \(by researcher\)\.\s+12 images"))
 
     # The instructions of an open study can still be edited, with the admin's own Save.
     page.locator("#id_instructions").fill("Label each image. Take your time.")
@@ -214,12 +215,16 @@ def test_a_researcher_takes_a_study_through_its_life_by_clicking(
     reading = tabs()
     reading.log_in("reader", "reader-pass")
     reading.open_study(study)
-    for keys in (["r", "3"], ["f", "4"], ["u", "2"]):  # two practice images, then one study image
+    for keys in (["r", "3"], ["f", "4"]):  # the two practice images, each with its feedback
+        reading.wait_ready()
         for key in keys:
             reading.page.keyboard.press(key)
-        if reading.page.get_by_role("button", name="Continue").is_visible():
-            reading.page.keyboard.press("Enter")
-        reading.wait_ready()
+        expect(reading.page.get_by_role("button", name="Continue")).to_be_focused()
+        reading.page.keyboard.press("Enter")
+    reading.wait_ready()
+    for key in ("u", "2"):  # one study image
+        reading.page.keyboard.press(key)
+    reading.wait_ready()
     assert Answer.objects.filter(presentation__study=study).count() == 3
     page.goto(f"{tab.base_url}/admin/studies/study/{study.pk}/change/")
     expect(page.get_by_role("row", name=re.compile(r"^reader 1 / 12"))).to_be_visible()
