@@ -59,10 +59,7 @@ def answer_submit(*, presentation: Presentation, label: str, confidence=None, vi
             raise AnswerRefused("Choose a confidence from 1 to 5 as well.")
     else:
         confidence = None
-    try:
-        viewing_ms = max(0, min(int(viewing_ms), 24 * 3600 * 1000))
-    except (TypeError, ValueError):
-        viewing_ms = 0
+    viewing_ms = _viewing_ms(viewing_ms)
     existing = Answer.objects.filter(presentation=presentation).first()
     if existing:
         return _answer_change(
@@ -75,6 +72,18 @@ def answer_submit(*, presentation: Presentation, label: str, confidence=None, vi
             )
     except IntegrityError:
         return Answer.objects.get(presentation=presentation)
+
+
+def _viewing_ms(value) -> int:
+    """Milliseconds as a whole number, capped at a day; anything else is refused, not stored as 0.
+
+    int() would take "1.5" as an error and float() would take "NaN" and "inf":
+    only digits are accepted, so a broken client is seen instead of skewing reading times.
+    """
+    text = str(value).strip()
+    if not text.isdecimal() or not text.isascii():
+        raise AnswerRefused(f"The viewing time must be a whole number of milliseconds, not {text[:20]!r}.")
+    return min(int(text), 24 * 3600 * 1000)
 
 
 def _answer_change(answer: Answer, *, study: Study, label: str, confidence, viewing_ms: int) -> Answer:
