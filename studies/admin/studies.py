@@ -3,8 +3,9 @@
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Q
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -163,11 +164,26 @@ class StudyAdmin(admin.ModelAdmin):
         ]
 
     def _study(self, request, pk, *, view_only=False) -> Study:
-        study = get_object_or_404(Study, pk=pk)
+        # One answer, 404, for 'no such study' and 'not yours': a 403 would confirm the id exists.
+        study = Study.objects.filter(pk=pk).first()
         allowed = self.has_view_permission if view_only else self.has_change_permission
-        if not allowed(request, study):
-            raise PermissionDenied
+        if study is None or not allowed(request, study):
+            raise Http404
         return study
+
+    def _visible_or_404(self, request) -> None:
+        """Django's own object pages answer 403 (exists) or a redirect (missing): 404 for both."""
+        if not self.has_view_or_change_permission(request):
+            raise Http404
+
+    def history_view(self, request, object_id, extra_context=None):
+        self._visible_or_404(request)
+        return super().history_view(request, object_id, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        if not self.has_delete_permission(request):
+            raise Http404
+        return super().delete_view(request, object_id, extra_context)
 
     def _step(self, request, pk, step, done: str):
         study = self._study(request, pk)
@@ -205,6 +221,7 @@ class StudyAdmin(admin.ModelAdmin):
         )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        self._visible_or_404(request)
         study = Study.objects.filter(pk=object_id).first()
         extra = dict(extra_context or {})
         if study is not None:
