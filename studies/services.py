@@ -4,6 +4,7 @@ import secrets
 
 from django.db import IntegrityError, transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from .models import Answer, Presentation, Study, StudyReader
 
@@ -32,8 +33,25 @@ def study_reader_add(*, study: Study, reader) -> StudyReader:
     place, _ = StudyReader.objects.get_or_create(
         study=study, reader=reader, defaults={"seed": secrets.randbits(63), "number": taken + 1}
     )
+    if place.removed is not None:  # back after a removal: the same number, seed and sequence
+        place.removed = None
+        place.save(update_fields=["removed"])
     if study.status == Study.Status.OPEN:
         sequence_build(place=place)
+    return place
+
+
+@transaction.atomic
+def study_reader_remove(*, study: Study, reader) -> StudyReader:
+    """Take a reader out of a study: they reach nothing of it any more.
+
+    Their place and answers stay (a removal can be undone by adding them again, and
+    the record of what was read is never lost); results leave them out unless asked.
+    """
+    place = StudyReader.objects.select_for_update().get(study=study, reader=reader)
+    if place.removed is None:
+        place.removed = timezone.now()
+        place.save(update_fields=["removed"])
     return place
 
 

@@ -25,7 +25,7 @@ from ..lifecycle import (
 from ..models import Presentation, Study, StudyModel, StudyReader
 from ..readers import parse_new_readers, password_link, readers_create
 from ..selectors import study_progress
-from ..services import study_reader_add
+from ..services import study_reader_add, study_reader_remove
 from .results import results_download, results_page_context
 
 Status = Study.Status
@@ -92,7 +92,7 @@ class ReadersForm(forms.Form):
 
     def __init__(self, *args, study: Study, **kwargs):
         super().__init__(*args, **kwargs)
-        taken = study.readers.values("reader")
+        taken = study.readers.filter(removed__isnull=True).values("reader")  # a removed one may come back
         self.fields["existing"].queryset = (
             get_user_model().objects.filter(is_active=True).exclude(pk__in=taken).order_by("username")
         )
@@ -154,6 +154,7 @@ class StudyAdmin(admin.ModelAdmin):
             view(self.audit_view, "audit"),
             view(self.readers_view, "readers", post=False),
             view(self.link_view, "link"),
+            view(self.remove_reader_view, "remove-reader"),
             view(self.results_view, "results", post=False),
             path(
                 "<int:pk>/results/<str:name>",
@@ -267,6 +268,33 @@ class StudyAdmin(admin.ModelAdmin):
             messages.success(request, f"A new one-time link for {place.reader}: {link}")
         return redirect("admin:studies_study_readers", pk)
 
+    def remove_reader_view(self, request, pk):
+        """Take a reader out of the study: a confirmation page first; both steps are POSTs."""
+        study = self._study(request, pk)
+        reader_id = request.POST.get("reader", "")
+        place = StudyReader.objects.filter(
+            study=study, reader_id=int(reader_id) if reader_id.isdecimal() else None, removed__isnull=True
+        ).first()
+        if place is None:
+            messages.error(request, "That reader is not in this study (any more).")
+            return redirect("admin:studies_study_readers", pk)
+        if request.POST.get("confirm") != "yes":
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.model._meta,
+                "study": study,
+                "place": place,
+                "title": f"Remove {place.reader} from {study}?",
+            }
+            return TemplateResponse(request, "admin/studies/study/remove_reader.html", context)
+        study_reader_remove(study=study, reader=place.reader)
+        messages.success(
+            request,
+            f"{place.reader} is removed from the study. Their answers are kept and left out of the results "
+            "unless you include removed readers; adding them again restores their place.",
+        )
+        return redirect("admin:studies_study_readers", pk)
+
     def results_view(self, request, pk):
         study = self._study(request, pk, view_only=True)
         context = {
@@ -274,13 +302,18 @@ class StudyAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "study": study,
             "title": f"Results of {study}",
-            **results_page_context(study),
+            **results_page_context(study, include_removed=_include_removed(request)),
         }
         return TemplateResponse(request, "admin/studies/study/results.html", context)
 
     def download_view(self, request, pk, name):
         study = self._study(request, pk, view_only=True)
-        return results_download(study, name)
+        return results_download(study, name, include_removed=_include_removed(request))
+
+
+def _include_removed(request) -> bool:
+    """Results count removed readers' answers only when asked (?include_removed=1)."""
+    return request.GET.get("include_removed") == "1"
 
 
 def _lifecycle_context(study: Study) -> dict:
