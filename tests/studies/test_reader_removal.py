@@ -132,3 +132,11 @@ def test_a_researcher_confirms_before_a_reader_is_removed(client, researcher, re
     assert client.post(url, {"reader": "abc", "confirm": "yes"}, follow=True).status_code == 200
     client.post(url, {"reader": reader.pk, "confirm": "yes"})
     assert StudyReader.objects.get(study=study, reader=reader).removed is not None
+
+
+def test_a_removed_reader_can_be_picked_again_on_the_readers_page(client, researcher, study, reader):
+    client.force_login(researcher)
+    page = client.get(f"/admin/studies/study/{study.pk}/readers/").content.decode()
+    assert "Removed " in page and f'<option value="{reader.pk}">reader</option>' in page
+    client.post(f"/admin/studies/study/{study.pk}/readers/", {"existing": [reader.pk], "new": ""})
+    assert StudyReader.objects.get(study=study, reader=reader).removed is None
