@@ -6,9 +6,11 @@ secrets and hosts to be given.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from .env import env_bool, env_int, env_list, env_str, local_secret_key
@@ -49,6 +51,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "studies",
     "generation",
+    # Login lock-out after repeated wrong passwords (its tables, and admin pages to unlock).
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -62,6 +66,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as axes requires: turns a locked-out login into the lock-out page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -103,6 +110,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# Axes first: it refuses a locked-out login before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -163,6 +175,41 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Content-Security-Policy on every page, the admin's included: scripts, styles and
+# everything else from this site only; images also as blob: (the labelling page shows
+# each image from a blob) and data: (the empty favicon). Inline style *attributes* are
+# allowed (style-src-attr): the plots are matplotlib's SVG, styled by attribute on every
+# path; an attribute runs no script and fetches nothing that img-src would not allow.
+# <style> elements and inline scripts stay blocked.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "style-src-attr": [UNSAFE_INLINE],
+        "img-src": [SELF, "blob:", "data:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+    },
+}
+
+# Login lock-out (django-axes, in the database): after AXES_FAILURE_LIMIT wrong passwords
+# for one username from one address, that pair is refused for AXES_COOLOFF_MINUTES, or
+# until a researcher deletes the lock-out under Admin > Axes > Access attempts
+# (or `manage.py axes_reset_username NAME`).
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 60))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True  # a reader who mistypes now and then is never locked out in the end
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_HTTP_RESPONSE_CODE = 429
+if PRODUCTION:
+    # Behind nginx every request comes from nginx: the address is the one nginx saw
+    # (`proxy_set_header X-Real-IP $remote_addr;`, see the README).
+    AXES_CLIENT_IP_CALLABLE = "config.client_ip.forwarded_client_ip"
+
 if PRODUCTION:
     # TLS ends at nginx, which tells Django so with this header.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -181,6 +228,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},  # failures and lock-outs; not a line for every good login
     },
 }
 

@@ -23,11 +23,13 @@ from .models import Answer, Image, Presentation, Study
 from .models.studies import pseudonym
 
 
-def reader_pseudonyms(study: Study) -> dict[int, str]:
-    """User id -> the reader's pseudonym in the study (R001, ... by joining order), never the login."""
-    return {
-        user_id: pseudonym(number) for user_id, number in study.readers.values_list("reader_id", "number")
-    }
+def reader_pseudonyms(study: Study, *, include_removed: bool = False) -> dict[int, str]:
+    """User id -> the reader's pseudonym in the study (R001, ... by joining order), never the login.
+
+    Readers removed from the study are left out unless asked for: their answers are kept, not counted.
+    """
+    places = study.readers.all() if include_removed else study.readers.filter(removed__isnull=True)
+    return {user_id: pseudonym(number) for user_id, number in places.values_list("reader_id", "number")}
 
 
 def _image_facts(study: Study) -> dict[int, tuple[str, str, str]]:
@@ -42,9 +44,9 @@ def _image_facts(study: Study) -> dict[int, tuple[str, str, str]]:
     }
 
 
-def answer_rows(study: Study, *, chunk_size: int = 5000) -> Iterator[dict]:
+def answer_rows(study: Study, *, chunk_size: int = 5000, include_removed: bool = False) -> Iterator[dict]:
     """Every read of the study, as dicts keyed by ANSWER_COLUMNS, with constant memory."""
-    names = reader_pseudonyms(study)
+    names = reader_pseudonyms(study, include_removed=include_removed)
     practice = dict(
         Presentation.objects.filter(study=study, is_practice=True)
         .values("reader")
@@ -74,7 +76,7 @@ def answer_rows(study: Study, *, chunk_size: int = 5000) -> Iterator[dict]:
                 cursor.execute("SET LOCAL cursor_tuple_fraction = 1.0")
         for reader, image, label, confidence, ms, position, repeat, answered in answers.iterator(chunk_size):
             if reader not in names:
-                continue  # a reader taken out of the study: their answers no longer count
+                continue  # a reader taken out of the study: their answers count only when asked
             truth, model, prompt = images[image]
             yield {
                 "study": study.pk,
@@ -133,14 +135,20 @@ def _result_texts(study: Study, reads, *, replicates: int, seed: int, progress=N
 
 
 def export_to_folder(
-    study: Study, out: Path, *, replicates=DEFAULT_REPLICATES, seed=DEFAULT_SEED, progress=None
+    study: Study,
+    out: Path,
+    *,
+    replicates=DEFAULT_REPLICATES,
+    seed=DEFAULT_SEED,
+    progress=None,
+    include_removed: bool = False,
 ):
     """Write answers.csv and every result file into `out`; the paths written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     builder = ReadsBuilder()
     total = Answer.objects.filter(presentation__study=study, presentation__is_practice=False).count()
-    rows = tee(answer_rows(study), builder, progress=progress, total=total)
+    rows = tee(answer_rows(study, include_removed=include_removed), builder, progress=progress, total=total)
     answers = out / "answers.csv"
     with open(answers, "w", encoding="utf-8", newline="") as handle:
         for chunk in answers_csv_chunks(rows):
@@ -177,13 +185,16 @@ class _Sink:
         return data
 
 
-def results_zip_stream(study: Study, *, replicates=DEFAULT_REPLICATES, seed=DEFAULT_SEED) -> Iterator[bytes]:
+def results_zip_stream(
+    study: Study, *, replicates=DEFAULT_REPLICATES, seed=DEFAULT_SEED, include_removed: bool = False
+) -> Iterator[bytes]:
     """A zip of every file, streamed: answers.csv leaves as it is read from the database."""
     sink = _Sink()
     builder = ReadsBuilder()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        rows = answer_rows(study, include_removed=include_removed)
         with archive.open("answers.csv", "w", force_zip64=True) as entry:
-            for chunk in answers_csv_chunks(tee(answer_rows(study), builder)):
+            for chunk in answers_csv_chunks(tee(rows, builder)):
                 entry.write(chunk.encode("utf-8"))
                 yield sink.drain()
         files = _result_texts(study, builder.build(), replicates=replicates, seed=seed)

@@ -70,6 +70,8 @@ def _svg(figure, label: str) -> SafeString:
     text = buffer.getvalue()
     text = text[text.index("<svg") :].replace(INK, "currentColor")
     text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)
+    # Its one <style> element would break the Content-Security-Policy; results.css has the rule.
+    text = re.sub(r"\s*<style[^>]*>.*?</style>", "", text, count=1, flags=re.S)
     # Scale down with the page, never up past the drawn size (points -> CSS pixels).
     size = re.search(r'<svg ([^>]*?)width="([\d.]+)pt" height="[^"]*"', text)
     if size:

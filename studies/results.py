@@ -14,7 +14,7 @@ from django.db.models import Count, Max
 from analysis.reads import Reads, ReadsBuilder
 from analysis.summary import DEFAULT_REPLICATES, DEFAULT_SEED, Summary, summarize
 
-from .exports import answer_rows, study_arms, tee
+from .exports import answer_rows, reader_pseudonyms, study_arms, tee
 from .models import Answer, Presentation, Study
 
 CACHE_SECONDS = 3600
@@ -29,14 +29,16 @@ class StudyResults:
     expected_reads: int  # presentations outside practice (what a finished study has)
 
 
-def study_reads(study: Study) -> Reads:
+def study_reads(study: Study, *, include_removed: bool = False) -> Reads:
     builder = ReadsBuilder()
-    for _ in tee(answer_rows(study), builder):
+    for _ in tee(answer_rows(study, include_removed=include_removed), builder):
         pass
     return builder.build()
 
 
-def study_results(study: Study, *, replicates=DEFAULT_REPLICATES, seed=DEFAULT_SEED) -> StudyResults:
+def study_results(
+    study: Study, *, replicates=DEFAULT_REPLICATES, seed=DEFAULT_SEED, include_removed: bool = False
+) -> StudyResults:
     stamp = Answer.objects.filter(presentation__study=study, presentation__is_practice=False).aggregate(
         n=Count("pk"), last=Max("updated")
     )
@@ -44,7 +46,8 @@ def study_results(study: Study, *, replicates=DEFAULT_REPLICATES, seed=DEFAULT_S
     key = (
         "results:"
         + hashlib.sha256(
-            f"{study.pk}:{study.status}:{study.readers.count()}:{stamp['n']}:"
+            f"{study.pk}:{study.status}:{sorted(reader_pseudonyms(study, include_removed=include_removed))}:"
+            f"{stamp['n']}:"
             f"{stamp['last'] and stamp['last'].timestamp()}:"
             f"{'|'.join(arms)}:{replicates}:{seed}".encode()
         ).hexdigest()
@@ -52,7 +55,7 @@ def study_results(study: Study, *, replicates=DEFAULT_REPLICATES, seed=DEFAULT_S
     found = cache.get(key)
     if found is not None:
         return found
-    reads = study_reads(study)
+    reads = study_reads(study, include_removed=include_removed)
     results = StudyResults(
         study_id=study.pk,
         reads=reads,

@@ -9,6 +9,11 @@ from django.http import Http404
 from .models import Presentation, Study, StudyImage, StudyReader
 
 
+def _member(user, prefix: str = "") -> Q:
+    """A study the user is a reader of, and still is: a removed reader reaches nothing of it."""
+    return Q(**{f"{prefix}readers__reader": user, f"{prefix}readers__removed__isnull": True})
+
+
 def presentation_for_reader(*, user, presentation_id, open_only: bool = True) -> Presentation:
     """The presentation if it is this reader's (in an open study); 404 for anything else.
 
@@ -20,7 +25,7 @@ def presentation_for_reader(*, user, presentation_id, open_only: bool = True) ->
     statuses = [Study.Status.OPEN] if open_only else [Study.Status.OPEN, Study.Status.CLOSED]
     try:
         return Presentation.objects.select_related("image", "study").get(
-            pk=presentation_id, reader=user, study__status__in=statuses
+            _member(user, "study__"), pk=presentation_id, reader=user, study__status__in=statuses
         )
     except (Presentation.DoesNotExist, ValueError):
         raise Http404 from None
@@ -42,7 +47,7 @@ def study_for_reader(*, user, study_id) -> Study:
         raise Http404
     try:
         return Study.objects.get(
-            pk=study_id, readers__reader=user, status__in=[Study.Status.OPEN, Study.Status.CLOSED]
+            _member(user), pk=study_id, status__in=[Study.Status.OPEN, Study.Status.CLOSED]
         )
     except (Study.DoesNotExist, ValueError):
         raise Http404 from None
@@ -131,6 +136,8 @@ def study_progress(study: Study) -> list[dict]:
         )
         .order_by("reader__username")
     )
+    removed = dict(study.readers.values_list("reader_id", "removed"))
+    rows = [{**row, "removed": removed.get(row["reader"])} for row in rows]
     seen = {row["reader"] for row in rows}
     waiting = [
         {
@@ -139,6 +146,7 @@ def study_progress(study: Study) -> list[dict]:
             "total": 0,
             "answered": 0,
             "last": None,
+            "removed": place.removed,
         }
         for place in study.readers.select_related("reader")
         if place.reader_id not in seen
@@ -153,7 +161,9 @@ def studies_for_reader(*, user) -> list[dict]:
     count them; practice images are counted apart.
     """
     places = (
-        StudyReader.objects.filter(reader=user, study__status__in=[Study.Status.OPEN, Study.Status.CLOSED])
+        StudyReader.objects.filter(
+            reader=user, removed__isnull=True, study__status__in=[Study.Status.OPEN, Study.Status.CLOSED]
+        )
         .select_related("study")
         .order_by("-study__created")
     )

@@ -4,6 +4,7 @@ import secrets
 
 from django.db import IntegrityError, transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from .blinding import reader_problem
 from .models import Answer, Presentation, Study, StudyReader
@@ -39,8 +40,25 @@ def study_reader_add(*, study: Study, reader) -> StudyReader:
     place, _ = StudyReader.objects.get_or_create(
         study=study, reader=reader, defaults={"seed": secrets.randbits(63), "number": taken + 1}
     )
+    if place.removed is not None:  # back after a removal: the same number, seed and sequence
+        place.removed = None
+        place.save(update_fields=["removed"])
     if study.status == Study.Status.OPEN:
         sequence_build(place=place)
+    return place
+
+
+@transaction.atomic
+def study_reader_remove(*, study: Study, reader) -> StudyReader:
+    """Take a reader out of a study: they reach nothing of it any more.
+
+    Their place and answers stay (a removal can be undone by adding them again, and
+    the record of what was read is never lost); results leave them out unless asked.
+    """
+    place = StudyReader.objects.select_for_update().get(study=study, reader=reader)
+    if place.removed is None:
+        place.removed = timezone.now()
+        place.save(update_fields=["removed"])
     return place
 
 
@@ -66,10 +84,7 @@ def answer_submit(*, presentation: Presentation, label: str, confidence=None, vi
             raise AnswerRefused("Choose a confidence from 1 to 5 as well.")
     else:
         confidence = None
-    try:
-        viewing_ms = max(0, min(int(viewing_ms), 24 * 3600 * 1000))
-    except (TypeError, ValueError):
-        viewing_ms = 0
+    viewing_ms = _viewing_ms(viewing_ms)
     existing = Answer.objects.filter(presentation=presentation).first()
     if existing:
         return _answer_change(
@@ -82,6 +97,18 @@ def answer_submit(*, presentation: Presentation, label: str, confidence=None, vi
             )
     except IntegrityError:
         return Answer.objects.get(presentation=presentation)
+
+
+def _viewing_ms(value) -> int:
+    """Milliseconds as a whole number, capped at a day; anything else is refused, not stored as 0.
+
+    int() would take "1.5" as an error and float() would take "NaN" and "inf":
+    only digits are accepted, so a broken client is seen instead of skewing reading times.
+    """
+    text = str(value).strip()
+    if not text.isdecimal() or not text.isascii():
+        raise AnswerRefused(f"The viewing time must be a whole number of milliseconds, not {text[:20]!r}.")
+    return min(int(text), 24 * 3600 * 1000)
 
 
 def _answer_change(answer: Answer, *, study: Study, label: str, confidence, viewing_ms: int) -> Answer:

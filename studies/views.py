@@ -4,6 +4,7 @@ import logging
 import uuid
 
 import markdown
+import nh3
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.http import Http404, HttpResponse, JsonResponse
@@ -34,9 +35,25 @@ def home(request):
     return render(request, "studies/home.html", {"studies": studies_for_reader(user=request.user)})
 
 
+# What instructions may hold once rendered: text formatting and links, no images (a remote
+# image would tell a third party who reads the study, and when).
+INSTRUCTION_TAGS = {"p", "br", "hr", "em", "strong", "code", "pre", "blockquote", "a", "ul", "ol", "li"}
+INSTRUCTION_TAGS |= {"h1", "h2", "h3", "h4", "h5", "h6"}
+
+
 def _instructions_html(study: Study) -> str:
     # Researchers write Markdown; any HTML in it is escaped first, so it shows as text, never runs.
-    return mark_safe(markdown.markdown(escape(study.instructions), extensions=["sane_lists"]))  # noqa: S308
+    # Markdown's own links can still carry javascript: and the like: the sanitiser keeps http(s)
+    # and mailto only, and drops images.
+    html = markdown.markdown(escape(study.instructions), extensions=["sane_lists"])
+    clean = nh3.clean(
+        html,
+        tags=INSTRUCTION_TAGS,
+        attributes={"a": {"href", "title"}, "ol": {"start"}},
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer",
+    )
+    return mark_safe(clean)  # noqa: S308
 
 
 @require_GET

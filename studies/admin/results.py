@@ -50,12 +50,12 @@ def _notes(note: str) -> tuple[list[str], list[str]]:
     return accuracy, agreement
 
 
-def results_page_context(study: Study) -> dict:
+def results_page_context(study: Study, *, include_removed: bool = False) -> dict:
     problem = _clash(study)
     if problem:
         return {"error": problem}
     try:
-        results = study_results(study)
+        results = study_results(study, include_removed=include_removed)
     except (AnswersError, ValueError) as exc:
         return {"error": f"The answers of this study cannot be analysed: {exc}"}
     summary = results.summary
@@ -79,8 +79,11 @@ def results_page_context(study: Study) -> dict:
     readers = [row for row in summary.rows if row["group"] == "all" and row["reader"] != "all"]
     # Researchers may see who is behind a pseudonym here; the exported files never say.
     logins = dict(study.readers.values_list("reader_id", "reader__username"))
-    who = {pseudonym: logins.get(user_id, "") for user_id, pseudonym in reader_pseudonyms(study).items()}
+    names_in = reader_pseudonyms(study, include_removed=include_removed)
+    who = {pseudonym: logins.get(user_id, "") for user_id, pseudonym in names_in.items()}
     downloads = ["answers.csv", "summary.csv", "cohen_kappa.csv", *imrmc_names(summary.models).values()]
+    # The downloads hold the same readers as the page.
+    query = "?include_removed=1" if include_removed else ""
     context = {
         "results": results,
         "summary": summary,
@@ -94,9 +97,12 @@ def results_page_context(study: Study) -> dict:
             for row in readers
         ],
         "downloads": [
-            (name, reverse("admin:studies_study_download", args=[study.pk, name])) for name in downloads
+            (name, reverse("admin:studies_study_download", args=[study.pk, name]) + query)
+            for name in downloads
         ],
-        "zip_url": reverse("admin:studies_study_download", args=[study.pk, "results.zip"]),
+        "zip_url": reverse("admin:studies_study_download", args=[study.pk, "results.zip"]) + query,
+        "include_removed": include_removed,
+        "removed_count": study.readers.filter(removed__isnull=False).count(),
         "has_reads": summary.n_reads > 0,
     }
     if summary.n_reads:
@@ -118,21 +124,29 @@ def _attachment(response, study: Study, name: str):
     return response
 
 
-def results_download(study: Study, name: str):
+def results_download(study: Study, name: str, *, include_removed: bool = False):
     """One result file by name; answers.csv and the zip stream from the database as they are read."""
     problem = _clash(study)
     if problem:
         return HttpResponse(problem, status=409, content_type="text/plain; charset=utf-8")
     if name == "answers.csv":
         return _attachment(
-            StreamingHttpResponse(answers_csv_chunks(answer_rows(study)), content_type=CSV), study, name
+            StreamingHttpResponse(
+                answers_csv_chunks(answer_rows(study, include_removed=include_removed)), content_type=CSV
+            ),
+            study,
+            name,
         )
     if name == "results.zip":
         return _attachment(
-            StreamingHttpResponse(results_zip_stream(study), content_type="application/zip"), study, name
+            StreamingHttpResponse(
+                results_zip_stream(study, include_removed=include_removed), content_type="application/zip"
+            ),
+            study,
+            name,
         )
     try:
-        results = study_results(study)
+        results = study_results(study, include_removed=include_removed)
     except (AnswersError, ValueError) as exc:
         message = f"The answers of this study cannot be analysed: {exc}"
         return HttpResponse(message, status=409, content_type="text/plain; charset=utf-8")

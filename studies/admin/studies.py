@@ -4,8 +4,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Q
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -24,7 +25,7 @@ from ..lifecycle import (
 from ..models import Presentation, Study, StudyModel, StudyReader
 from ..readers import parse_new_readers, password_link, readers_create
 from ..selectors import study_progress
-from ..services import study_reader_add
+from ..services import study_reader_add, study_reader_remove
 from ..validators import no_formula_start
 from .results import results_download, results_page_context
 
@@ -96,7 +97,7 @@ class ReadersForm(forms.Form):
 
     def __init__(self, *args, study: Study, **kwargs):
         super().__init__(*args, **kwargs)
-        taken = study.readers.values("reader")
+        taken = study.readers.filter(removed__isnull=True).values("reader")  # a removed one may come back
         # Readers only: a researcher's own staff account has no business in the sequence.
         self.fields["existing"].queryset = (
             get_user_model()
@@ -162,6 +163,7 @@ class StudyAdmin(admin.ModelAdmin):
             view(self.audit_view, "audit"),
             view(self.readers_view, "readers", post=False),
             view(self.link_view, "link"),
+            view(self.remove_reader_view, "remove-reader"),
             view(self.results_view, "results", post=False),
             path(
                 "<int:pk>/results/<str:name>",
@@ -172,11 +174,26 @@ class StudyAdmin(admin.ModelAdmin):
         ]
 
     def _study(self, request, pk, *, view_only=False) -> Study:
-        study = get_object_or_404(Study, pk=pk)
+        # One answer, 404, for 'no such study' and 'not yours': a 403 would confirm the id exists.
+        study = Study.objects.filter(pk=pk).first()
         allowed = self.has_view_permission if view_only else self.has_change_permission
-        if not allowed(request, study):
-            raise PermissionDenied
+        if study is None or not allowed(request, study):
+            raise Http404
         return study
+
+    def _visible_or_404(self, request) -> None:
+        """Django's own object pages answer 403 (exists) or a redirect (missing): 404 for both."""
+        if not self.has_view_or_change_permission(request):
+            raise Http404
+
+    def history_view(self, request, object_id, extra_context=None):
+        self._visible_or_404(request)
+        return super().history_view(request, object_id, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        if not self.has_delete_permission(request):
+            raise Http404
+        return super().delete_view(request, object_id, extra_context)
 
     def _step(self, request, pk, step, done: str):
         study = self._study(request, pk)
@@ -214,6 +231,7 @@ class StudyAdmin(admin.ModelAdmin):
         )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        self._visible_or_404(request)
         study = Study.objects.filter(pk=object_id).first()
         extra = dict(extra_context or {})
         if study is not None:
@@ -268,6 +286,33 @@ class StudyAdmin(admin.ModelAdmin):
             messages.success(request, f"A new one-time link for {place.reader}: {link}")
         return redirect("admin:studies_study_readers", pk)
 
+    def remove_reader_view(self, request, pk):
+        """Take a reader out of the study: a confirmation page first; both steps are POSTs."""
+        study = self._study(request, pk)
+        reader_id = request.POST.get("reader", "")
+        place = StudyReader.objects.filter(
+            study=study, reader_id=int(reader_id) if reader_id.isdecimal() else None, removed__isnull=True
+        ).first()
+        if place is None:
+            messages.error(request, "That reader is not in this study (any more).")
+            return redirect("admin:studies_study_readers", pk)
+        if request.POST.get("confirm") != "yes":
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.model._meta,
+                "study": study,
+                "place": place,
+                "title": f"Remove {place.reader} from {study}?",
+            }
+            return TemplateResponse(request, "admin/studies/study/remove_reader.html", context)
+        study_reader_remove(study=study, reader=place.reader)
+        messages.success(
+            request,
+            f"{place.reader} is removed from the study. Their answers are kept and left out of the results "
+            "unless you include removed readers; adding them again restores their place.",
+        )
+        return redirect("admin:studies_study_readers", pk)
+
     def results_view(self, request, pk):
         study = self._study(request, pk, view_only=True)
         context = {
@@ -277,13 +322,18 @@ class StudyAdmin(admin.ModelAdmin):
             "title": f"Results of {study}",
             # The wide tables get the whole width: no admin menu beside them.
             "is_nav_sidebar_enabled": False,
-            **results_page_context(study),
+            **results_page_context(study, include_removed=_include_removed(request)),
         }
         return TemplateResponse(request, "admin/studies/study/results.html", context)
 
     def download_view(self, request, pk, name):
         study = self._study(request, pk, view_only=True)
-        return results_download(study, name)
+        return results_download(study, name, include_removed=_include_removed(request))
+
+
+def _include_removed(request) -> bool:
+    """Results count removed readers' answers only when asked (?include_removed=1)."""
+    return request.GET.get("include_removed") == "1"
 
 
 def _awaiting_password(study: Study) -> set[int]:

@@ -158,6 +158,12 @@ class StudyReader(models.Model):
         help_text="The reader's number in this study, in the order they joined: R001, R002, ...",
     )
     created = models.DateTimeField(auto_now_add=True)
+    removed = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When a researcher took the reader out of the study: they reach nothing of it, and "
+        "their answers, kept, count in results only when asked. Empty: a member.",
+    )
 
     class Meta:
         ordering = ["study", "reader"]

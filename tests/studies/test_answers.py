@@ -185,3 +185,19 @@ def test_two_threads_submitting_the_same_answer_on_postgresql_end_with_one_row(r
         t.join()
     assert errors == []
     assert Answer.objects.filter(presentation=presentation).count() == 1
+
+
+@pytest.mark.parametrize("viewing_ms", ["NaN", "1.5", "inf", "-Infinity", "", "-5", "1e3", "١٢"])
+def test_a_viewing_time_that_is_not_a_whole_number_is_refused_by_name(client, reader, study, viewing_ms):
+    client.force_login(reader)
+    path = f"/p/{first(study, reader).pk}/answer"
+    response = client.post(path, {"label": "real", "viewing_ms": viewing_ms})
+    assert response.status_code == 400
+    assert "viewing time must be a whole number" in response.json()["error"]
+    assert not Answer.objects.filter(presentation__study=study).exists()
+
+
+def test_a_viewing_time_past_a_day_is_capped(client, reader, study):
+    client.force_login(reader)
+    client.post(f"/p/{first(study, reader).pk}/answer", {"label": "real", "viewing_ms": "999999999999"})
+    assert Answer.objects.get(presentation__study=study).viewing_ms == 24 * 3600 * 1000

@@ -9,7 +9,7 @@ from studies.images import image_build
 from studies.imaging.decode import Decoded, decode
 from studies.imaging.normalise import png_chunk_types
 from studies.imaging.phantoms import phantom
-from studies.models import Image, ImageSet, Presentation, Study
+from studies.models import Image, ImageSet, Presentation, Study, StudyReader
 from tests.studies.files import png16
 
 pytestmark = pytest.mark.django_db
@@ -33,6 +33,7 @@ def study(reader, tmp_path):
     synthetic = image_build(decoded=generated, origin=Image.Origin.SYNTHETIC, source_sha256="b" * 64)
     synthetic.save()
     study = Study.objects.create(title="Open study", status=Study.Status.OPEN)
+    StudyReader.objects.create(study=study, reader=reader, seed=0, number=1)  # only members see images
     for position, image in enumerate([real, synthetic]):
         Presentation.objects.create(study=study, reader=reader, image=image, position=position)
     return study

@@ -18,12 +18,24 @@ class Command(BaseCommand):
         parser.add_argument("study", help="the study's id or exact title")
         parser.add_argument("--out", required=True, help="folder for the files (made if missing)")
         add_bootstrap_arguments(parser)
+        parser.add_argument(
+            "--include-removed",
+            action="store_true",
+            help="count the answers of readers removed from the study (left out by default)",
+        )
 
-    def handle(self, *args, study, out, bootstrap, seed, **options):
+    def handle(self, *args, study, out, bootstrap, seed, include_removed, **options):
         study = find_study(study)
         self.stdout.write(f"Exporting the results of {study.title!r} (id {study.pk}, {study.status})...")
         try:
-            paths = export_to_folder(study, out, replicates=bootstrap, seed=seed, progress=progress_bar())
+            paths = export_to_folder(
+                study,
+                out,
+                replicates=bootstrap,
+                seed=seed,
+                progress=progress_bar(),
+                include_removed=include_removed,
+            )
         except (AnswersError, ValueError) as exc:
             raise CommandError(f"The answers of this study cannot be analysed: {exc}") from None
         except OSError as exc:
