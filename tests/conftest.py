@@ -25,6 +25,8 @@ def pytest_report_header(config):
 
 
 CHROMIUM = "/usr/bin/chromium"
+# The fixtures `browser` and `tabs` of the browser tests.
+pytest_plugins = ["tests.browser"]
 
 
 def pytest_collection_modifyitems(config, items):

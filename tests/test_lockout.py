@@ -4,8 +4,6 @@ import pytest
 from axes.models import AccessAttempt
 from playwright.sync_api import expect
 
-from tests.studies.test_label_browser import allow_orm_beside_playwright, browser, tabs  # noqa: F401
-
 pytestmark = pytest.mark.django_db
 LIMIT = 3
 
@@ -74,7 +72,7 @@ def test_a_few_mistakes_between_good_logins_never_lock_anyone_out(client, reader
 
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
-def test_a_reader_locked_out_in_the_browser_sees_why(tabs, reader):  # noqa: F811
+def test_a_reader_locked_out_in_the_browser_sees_why(tabs, reader):
     tab = tabs()
     page = tab.page
     page.goto(tab.base_url + "/accounts/login/")

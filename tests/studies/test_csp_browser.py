@@ -11,7 +11,6 @@ from playwright.sync_api import expect
 
 from studies.models import Answer, StudyReader
 from tests.studies.study_fixtures import make_open_study
-from tests.studies.test_label_browser import allow_orm_beside_playwright, browser, tabs  # noqa: F401
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
@@ -53,7 +52,7 @@ def test_every_page_sends_the_policy(client, researcher):
         assert unsafe == ["style-src-attr"]  # inline style attributes only, never scripts
 
 
-def test_a_reader_labels_images_under_the_policy(tabs, reader):  # noqa: F811
+def test_a_reader_labels_images_under_the_policy(tabs, reader):
     study = make_open_study(reader, images=4)
     tab = watched(tabs())
     tab.log_in("reader", "reader-pass")
@@ -66,7 +65,7 @@ def test_a_reader_labels_images_under_the_policy(tabs, reader):  # noqa: F811
     assert tab.violations == []
 
 
-def test_the_study_admin_and_results_pages_work_under_the_policy(tabs, reader, outsider, researcher):  # noqa: F811
+def test_the_study_admin_and_results_pages_work_under_the_policy(tabs, reader, outsider, researcher):
     study = make_open_study(reader, images=4, readers=[outsider])
     for person, password in ((reader, "reader-pass"), (outsider, "outsider-pass")):
         tab = watched(tabs())
@@ -95,7 +94,7 @@ def test_the_study_admin_and_results_pages_work_under_the_policy(tabs, reader, o
     assert tab.violations == []
 
 
-def test_a_researcher_removes_a_reader_who_then_reaches_nothing(tabs, reader, researcher):  # noqa: F811
+def test_a_researcher_removes_a_reader_who_then_reaches_nothing(tabs, reader, researcher):
     study = make_open_study(reader, images=3)
     reading = watched(tabs())
     reading.log_in("reader", "reader-pass")

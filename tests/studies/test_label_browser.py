@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from studies.models import Answer, Presentation
 from tests.studies.study_fixtures import make_open_study
@@ -11,88 +11,7 @@ from tests.studies.study_fixtures import make_open_study
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def allow_orm_beside_playwright():
-    """Playwright's sync API runs an event loop in this thread; the tests' own ORM
-    calls are still synchronous and safe. Set for these tests only, so that no
-    other test (nor a subprocess of one) inherits it."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        yield
-
-
-CHROMIUM = "/usr/bin/chromium"
 LABELS = {"r": "real", "f": "fake", "u": "unsure"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
-
-
-class Tab:
-    """One browser context and page, with the answers it posted and any script errors."""
-
-    def __init__(self, browser, base_url, viewport=None):
-        self.base_url = base_url
-        self.context = browser.new_context(viewport=viewport or {"width": 1280, "height": 800})
-        self.context.set_default_timeout(10_000)
-        self.page = self.context.new_page()
-        self.posts: list[str] = []
-        self.images: list[str] = []
-        self.errors: list[str] = []
-        self.page.on("request", self._request)
-        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
-
-    def _request(self, request):
-        path = request.url.removeprefix(self.base_url)
-        if request.method == "POST" and path.endswith("/answer"):
-            self.posts.append(path)
-        elif path.endswith("/image"):
-            self.images.append(path)
-
-    def log_in(self, username, password):
-        self.page.goto(self.base_url + "/accounts/login/")
-        self.page.get_by_label("Username").fill(username)
-        self.page.get_by_label("Password").fill(password)
-        self.page.get_by_role("button", name="Log in").click()
-        expect(self.page.get_by_role("heading", name="My studies")).to_be_visible()
-
-    def open_study(self, study):
-        self.page.goto(f"{self.base_url}/study/{study.pk}/")
-        self.wait_ready()
-
-    def wait_ready(self):
-        """Until the page takes an answer: image shown, nothing in flight."""
-        expect(self.page.locator("#label-app")).to_have_attribute("data-state", "ready")
-
-    def progress(self):
-        return self.page.locator("#progress-text")
-
-    def close(self):
-        self.context.close()
-        assert self.errors == []
-
-
-@pytest.fixture
-def tabs(browser, live_server):
-    opened = []
-
-    def open_tab(**kwargs):
-        tab = Tab(browser, live_server.url, **kwargs)
-        opened.append(tab)
-        return tab
-
-    yield open_tab
-    for tab in opened:
-        tab.close()
 
 
 def answers_of(study, reader):
@@ -267,7 +186,9 @@ def test_practice_shows_the_truth_and_going_back_changes_an_answer(tabs, reader)
     page.keyboard.press("b")
     tab.wait_ready()
     expect(tab.progress()).to_have_text("1 of 3")
-    expect(page.get_by_role("button", name="Real", exact=True)).to_have_attribute("aria-pressed", "true")
+    real = page.get_by_role("button", name="Real", exact=True)
+    expect(real).to_have_class(re.compile(r"\bis-earlier\b"))  # marked as the earlier answer, not chosen
+    expect(real).to_have_attribute("aria-pressed", "false")
     page.keyboard.press("f")  # changed mind
     tab.wait_ready()
     expect(tab.progress()).to_have_text("2 of 3")

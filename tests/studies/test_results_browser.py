@@ -11,7 +11,6 @@ from playwright.sync_api import expect
 
 from studies.models import Answer
 from tests.studies.study_fixtures import make_open_study
-from tests.studies.test_label_browser import allow_orm_beside_playwright, browser, tabs  # noqa: F401
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
@@ -24,7 +23,7 @@ def label_all(tab, study, keys):
     expect(tab.page).to_have_url(re.compile(rf"/study/{study.pk}/done/$"))
 
 
-def test_results_of_a_study_labelled_in_the_browser(tabs, reader, outsider, researcher, tmp_path):  # noqa: F811
+def test_results_of_a_study_labelled_in_the_browser(tabs, reader, outsider, researcher, tmp_path):
     outsider.set_password("outsider-pass")
     outsider.save()
     study = make_open_study(reader, images=6, readers=[outsider])
