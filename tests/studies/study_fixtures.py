@@ -24,8 +24,11 @@ def fixture_version(name: str):
     return version
 
 
-def make_images(count: int, models=MODEL_NAMES) -> list[Image]:
-    """Half real (phantom radiographs), half synthetic: stand-in pixels of the fixture models in turn."""
+def make_images(count: int, models=MODEL_NAMES, *, lifelike: bool = False) -> list[Image]:
+    """Half real (phantom radiographs), half synthetic: stand-in pixels of the fixture models in turn.
+
+    Synthetic pixels are noise, or phantoms too where `lifelike` (a model that passes the blinding audit).
+    """
     from generation.models import GeneratedImage
 
     image_set, _ = ImageSet.objects.get_or_create(name="fixture set")
@@ -33,6 +36,8 @@ def make_images(count: int, models=MODEL_NAMES) -> list[Image]:
     for index in range(count):
         if index % 2 == 0:
             pixels, origin, kind = phantom(index, 512), Image.Origin.REAL, "PNG"
+        elif lifelike:
+            pixels, origin, kind = phantom(index, 512), Image.Origin.SYNTHETIC, "generated"
         else:
             pixels = np.random.default_rng(index).random((64, 64), dtype=np.float32)
             origin, kind = Image.Origin.SYNTHETIC, "generated"

@@ -141,3 +141,57 @@ def test_a_reader_practises_labels_a_whole_study_goes_back_and_resumes(tabs, rea
         ("real", 5),
     ]
     assert all(a.viewing_ms > 0 for a in Answer.objects.filter(presentation__study=study))
+
+
+def test_every_button_of_the_labelling_page_works_with_the_mouse(tabs, reader):
+    study = make_open_study(reader, images=3, practice=1, ask_confidence=True, allow_back=True)
+    tab = tabs()
+    page = tab.page
+    tab.log_in("reader", "reader-pass")
+    page.get_by_role("row", name=re.compile(study.title)).get_by_role("link", name="Start").click()
+    tab.wait_ready()
+
+    instructions = page.locator("#instructions")
+    expect(instructions).to_be_visible()
+    page.get_by_role("button", name="Close instructions").click()
+    expect(instructions).to_be_hidden()
+    page.get_by_role("button", name="Instructions").click()
+    expect(instructions).to_be_visible()
+    page.get_by_role("button", name="Close instructions").click()
+
+    page.get_by_role("button", name="Pause").click()
+    expect(page.get_by_text("The image is hidden and the viewing clock is stopped.")).to_be_visible()
+    page.get_by_role("button", name="Resume", exact=False).last.click()
+    tab.wait_ready()
+
+    page.get_by_label("Contrast").fill("1")
+    page.mouse.move(640, 300)
+    page.mouse.wheel(0, -400)
+    expect(page.locator("#zoom-readout")).not_to_have_text("100%")
+    page.get_by_role("button", name="Reset view").click()
+    expect(page.locator("#zoom-readout")).to_have_text("100%")
+    expect(page.get_by_label("Contrast")).to_have_value("0")
+
+    # Practice, by the buttons, and Continue.
+    page.get_by_role("button", name="Fake", exact=True).click()
+    page.get_by_role("button", name="Confidence 2 of 5").click()
+    page.get_by_role("button", name="Continue").click()
+    tab.wait_ready()
+    for label, confidence in (
+        ("Real", "Confidence 5 of 5, certain"),
+        ("Unsure", "Confidence 1 of 5, a guess"),
+    ):
+        page.get_by_role("button", name=label, exact=True).click()
+        page.get_by_role("button", name=confidence).click()
+        tab.wait_ready()
+    page.get_by_role("button", name="Back").click()
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("2 of 3")
+    page.get_by_role("button", name="Fake", exact=True).click()
+    page.get_by_role("button", name="Confidence 3 of 5").click()
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("3 of 3")
+    assert stored(study, reader) == [("fake", 2), ("real", 5), ("fake", 3)]
+
+    page.get_by_role("link", name="My studies").click()
+    expect(page.get_by_role("heading", name="My studies")).to_be_visible()

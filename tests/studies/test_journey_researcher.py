@@ -15,9 +15,11 @@ from playwright.sync_api import expect
 
 from generation.models import GeneratedImage, GenerativeModel
 from studies.imaging.phantoms import phantom
-from studies.models import Answer, Image, ImageSet, Presentation, Study, StudyReader
+from studies.models import Answer, Image, ImageSet, Presentation, Study, StudyImage, StudyModel, StudyReader
+from studies.services import study_reader_add
 from tests.generation.models import built
 from tests.studies.files import png16
+from tests.studies.study_fixtures import make_images
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pytest.mark.services]
 
@@ -178,6 +180,11 @@ def test_a_researcher_takes_a_study_through_its_life_by_clicking(
     # Only an account without a password gets a new link.
     expect(page.get_by_role("button", name="New one-time link for dr_lee")).to_be_visible()
     expect(page.get_by_role("button", name="New one-time link for reader")).to_have_count(0)
+    # Say the first link was lost: a new one replaces it.
+    page.get_by_role("button", name="New one-time link for dr_lee").click()
+    message = page.get_by_text("A new one-time link for dr_lee:")
+    expect(message).to_be_visible()
+    link = re.search(r"http://\S+/accounts/reset/\S+/", message.inner_text()).group(0)
 
     # dr_lee uses the link in a browser of their own.
     newcomer = tabs()
@@ -256,3 +263,25 @@ def test_a_researcher_takes_a_study_through_its_life_by_clicking(
     study.refresh_from_db()
     assert study.status == Study.Status.CLOSED
     expect(page.get_by_text(re.compile(r"^Closed \d+ \w+ \d{4}, \d\d:\d\d \w+\. Readers"))).to_be_visible()
+
+
+def test_a_study_whose_audit_passes_opens_with_the_plain_button(tabs, researcher, reader):
+    study = Study.objects.create(title="Lifelike model", status=Study.Status.READY, real_count=10)
+    images = make_images(20, models=("lifelike",), lifelike=True)
+    StudyImage.objects.bulk_create(StudyImage(study=study, image=image) for image in images)
+    version = images[1].generated.version
+    StudyModel.objects.create(study=study, model=version.model, count=10, version=version)
+    study_reader_add(study=study, reader=reader)
+
+    tab = tabs(viewport={"width": 1400, "height": 900})
+    page = tab.page
+    admin_log_in(tab)
+    page.get_by_role("row", name="Studies").get_by_role("link", name="Studies").click()
+    page.get_by_role("link", name="Lifelike model").click()
+    expect(page.get_by_role("button", name="Open anyway")).to_have_count(0)
+    page.get_by_role("button", name="Open the study").click()
+    expect(page.get_by_text("The study is open: its readers can start.")).to_be_visible()
+    study.refresh_from_db()
+    assert study.status == Study.Status.OPEN and study.override_reason == ""
+    assert study.audit_report["rows"] and all(not row["warn"] for row in study.audit_report["rows"])
+    assert Presentation.objects.filter(study=study, reader=reader).count() == 20

@@ -113,3 +113,32 @@ def test_a_model_name_that_looks_like_tex_is_drawn_as_text(client, researcher, s
     html = page.content.decode()
     assert "could not be drawn" not in html
     assert r"lat$\frac$ &lt;b&gt;" in html and "<b>" not in html.split("<svg role", 1)[1]
+
+
+def test_a_note_on_empty_accuracy_cells_sits_under_the_accuracy_table_not_in_the_agreement_table(
+    client, researcher, study
+):
+    client.force_login(researcher)
+    html = client.get(url(study)).content.decode()
+    accuracy = html[html.index('id="results-accuracy"') : html.index('id="results-agreement"')]
+    agreement = html[html.index('id="results-agreement"') : html.index('id="results-confusion"')]
+    # The real images alone have no synthetic image: their detection and fool rates are empty.
+    assert "<strong>Real images only</strong>: sensitivity" in accuracy
+    assert "no synthetic" not in agreement
+
+
+def test_a_note_names_the_table_whose_empty_cells_it_explains():
+    from studies.admin.results import _notes
+
+    accuracy, agreement = _notes(
+        "sensitivity, fool_rate: no synthetic images; intra_reader_kappa: no repeats; "
+        "Fleiss' kappa on the 4 images read by all 2 readers; one reader: the bootstrap resamples images only"
+    )
+    assert accuracy == [
+        "sensitivity, fool_rate: no synthetic images",
+        "one reader: the bootstrap resamples images only",
+    ]
+    assert agreement == [
+        "intra_reader_kappa: no repeats",
+        "Fleiss' kappa on the 4 images read by all 2 readers",
+    ]

@@ -7,7 +7,7 @@ from studies.lifecycle import study_preparation_check
 from studies.models import Presentation, Study, StudyReader
 from tests.generation.models import built
 from tests.generation.test_generate import make_images, run_job
-from tests.studies.study_fixtures import make_real_set
+from tests.studies.study_fixtures import make_open_study, make_real_set
 
 pytestmark = pytest.mark.django_db
 
@@ -122,3 +122,14 @@ def test_readers_cannot_reach_the_study_steps(client, reader, step):
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
     study.refresh_from_db()
     assert study.status == Study.Status.DRAFT
+
+
+def test_presentations_are_read_only_in_the_admin(client, researcher, reader):
+    client.force_login(researcher)
+    study = make_open_study(reader, images=2)
+    presentation = Presentation.objects.filter(study=study).first()
+    assert client.get("/admin/studies/presentation/add/").status_code == 403
+    page = client.get(f"/admin/studies/presentation/{presentation.pk}/change/")
+    assert page.status_code == 200 and b'type="submit"' not in page.content.split(b'id="content-main"')[1]
+    listing = client.get("/admin/studies/presentation/")
+    assert b"Add presentation" not in listing.content
