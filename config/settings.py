@@ -209,6 +209,8 @@ if PRODUCTION:
     # Behind nginx every request comes from nginx: the address is the one nginx saw
     # (`proxy_set_header X-Real-IP $remote_addr;`, see the README).
     AXES_CLIENT_IP_CALLABLE = "config.client_ip.forwarded_client_ip"
+# The addresses of the reverse proxies whose X-Real-IP is believed (nginx on the same host by default).
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", ["127.0.0.1", "::1"])
 
 if PRODUCTION:
     # TLS ends at nginx, which tells Django so with this header.

@@ -111,8 +111,12 @@ def study_prepare(*, study: Study) -> Study:
     _check_design(study)
     _real_practice, needs = _needs(study)
     for need in needs:
+        need.arm.version = need.arm.model.current_version
+    # The versions locked in pk order, as the draw of another study locks them (no deadlock).
+    versions = ModelVersion.objects.select_for_update().filter(pk__in=[n.arm.version.pk for n in needs])
+    list(versions.order_by("pk").values("pk"))
+    for need in needs:
         arm = need.arm
-        arm.version = arm.model.current_version
         short = _arm_pool(study, arm.version).shortage(
             scored=need.study_images, practice=need.practice_images
         )
@@ -137,6 +141,8 @@ def preparation_jobs(study: Study) -> list:
 
 def preparation_error(study: Study) -> str:
     """Why preparation cannot finish (a failed or cancelled job, images taken meanwhile), or ''."""
+    if study.preparation_error:
+        return study.preparation_error
     jobs = preparation_jobs(study)
     for job in jobs:
         if job.status in (GenerationJob.Status.FAILED, GenerationJob.Status.CANCELLED):
@@ -191,10 +197,18 @@ def study_preparation_check(*, study: Study) -> Study:
     draw(_real_pool(study), study.real_count, real_practice)
     for need in needs:
         draw(_arm_pool(study, need.arm.version), need.study_images, need.practice_images)
-    _images_replace(study, chosen)
+    written: list = []
+    try:
+        _images_replace(study, chosen, written=written)
+        study.audit_report = study_audit(study).as_dict()
+    except Exception:
+        # The transaction rolls back; the files written for it must go too.
+        for field in written:
+            field.storage.delete(field.name)
+        raise
     study.status = Status.READY
-    study.audit_report = study_audit(study).as_dict()
-    study.save(update_fields=["status", "audit_report"])
+    study.preparation_error = ""
+    study.save(update_fields=["status", "audit_report", "preparation_error"])
     return study
 
 
@@ -209,7 +223,7 @@ def _draws_lock(study: Study, needs: list[ArmNeed]) -> None:
     list(arms.order_by("pk").values("pk"))
 
 
-def _images_replace(study: Study, chosen: list[tuple[int, bool]]) -> None:
+def _images_replace(study: Study, chosen: list[tuple[int, bool]], written: list | None = None) -> None:
     for old in study.images.exclude(file=""):
         old.file.delete(save=False)
     study.images.all().delete()
@@ -219,6 +233,8 @@ def _images_replace(study: Study, chosen: list[tuple[int, bool]]) -> None:
         row = StudyImage(study=study, image=images[image_id], practice=practice)
         if row.image.size != study.image_size:
             file_write(row.file, _resized(row.image, study.image_size))
+            if written is not None:
+                written.append(row.file)
         rows.append(row)
     StudyImage.objects.bulk_create(rows)
 
@@ -243,7 +259,8 @@ def study_back_to_draft(*, study: Study) -> Study:
     _images_replace(study, [])
     study.status = Status.DRAFT
     study.audit_report = {}
-    study.save(update_fields=["status", "audit_report"])
+    study.preparation_error = ""
+    study.save(update_fields=["status", "audit_report", "preparation_error"])
     return study
 
 
@@ -303,7 +320,9 @@ def study_open(*, study: Study, user, override_reason: str = "") -> Study:
         raise StudyRefused(f"{len(missing)} of the study's image files are missing; prepare it again.")
     # Not overridable, unlike the audit: a reader told the truth of what they score is no reader.
     # Only a study with an overlap somewhere can refuse a reader: most open without a query per reader.
-    places = study.readers.select_related("reader") if study_overlaps(study) else []
+    # A removed reader is no obstacle to opening, and gets no sequence.
+    members = study.readers.filter(removed__isnull=True)
+    places = members.select_related("reader") if study_overlaps(study) else []
     refused = [problem for place in places if (problem := reader_problem(study=study, reader=place.reader))]
     if refused:
         raise StudyRefused("Cannot open: " + " ".join(refused))
@@ -321,7 +340,7 @@ def study_open(*, study: Study, user, override_reason: str = "") -> Study:
     study.opened = timezone.now()
     study.opened_by = user
     study.save()
-    for place in study.readers.all():
+    for place in members:
         sequence_build(place=place)
     return study
 

@@ -61,7 +61,11 @@ def study_results(
         reads=reads,
         summary=summarize(reads, models=arms, replicates=replicates, seed=seed),
         interim=study.status != Study.Status.CLOSED,
-        expected_reads=Presentation.objects.filter(study=study, is_practice=False).count(),
+        expected_reads=Presentation.objects.filter(
+            study=study,
+            is_practice=False,
+            reader__in=list(reader_pseudonyms(study, include_removed=include_removed)),
+        ).count(),
     )
     cache.set(key, results, CACHE_SECONDS)
     return results

@@ -32,8 +32,9 @@ def study_reader_add(*, study: Study, reader) -> StudyReader:
 
     # Locked, so that a reader added while the study opens still gets a sequence.
     study = Study.objects.select_for_update().get(pk=study.pk)
-    if not StudyReader.objects.filter(study=study, reader=reader).exists():
-        # A reader joining late must not be told the truth of an image they score elsewhere.
+    if not StudyReader.objects.filter(study=study, reader=reader, removed__isnull=True).exists():
+        # A reader joining late (or coming back after a removal) must not be told the truth
+        # of an image they score elsewhere.
         if problem := reader_problem(study=study, reader=reader):
             raise StudyRefused(problem)
     taken = StudyReader.objects.filter(study=study).aggregate(last=Max("number"))["last"] or 0

@@ -1,10 +1,14 @@
 """Celery tasks of the studies app (on the `default` queue)."""
 
+import logging
+
 from celery import shared_task
 
 from .imports import import_job_run
 from .lifecycle import study_preparation_check
 from .models import Study
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task
@@ -14,10 +18,21 @@ def run_import_job(job_id: int) -> None:
 
 @shared_task
 def preparation_advance(study_id: int) -> None:
-    """Draw a preparing study's images if its models now have them all (see lifecycle)."""
+    """Draw a preparing study's images if its models now have them all (see lifecycle).
+
+    A draw that fails (an image file gone, say) leaves the study preparing with the
+    reason on it, for its page; beat tries again each period.
+    """
     study = Study.objects.filter(pk=study_id).first()
-    if study is not None:
+    if study is None:
+        return
+    try:
         study_preparation_check(study=study)
+    except Exception as exc:
+        logger.exception("Drawing the images of study %s failed", study_id)
+        Study.objects.filter(pk=study_id, status=Study.Status.PREPARING).update(
+            preparation_error=f"Drawing the images failed on a worker: {exc}"
+        )
 
 
 @shared_task

@@ -59,12 +59,15 @@ class ImageSetAdmin(admin.ModelAdmin):
             raise Http404
         try:
             request.FILES  # noqa: B018 (reading it parses the upload)
-        except (TooManyFilesSent, RequestDataTooBig):
+        except TooManyFilesSent:
             messages.error(
                 request,
                 f"At most {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files in one upload; put them in a .zip "
                 "(folders inside are fine), or upload them in parts.",
             )
+            return self._import_page(request, image_set, ImageUploadForm(), status=400)
+        except RequestDataTooBig:
+            messages.error(request, "The form's fields are too large to take; upload the files again.")
             return self._import_page(request, image_set, ImageUploadForm(), status=400)
         return self._import_form(request, image_set)
 

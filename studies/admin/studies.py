@@ -7,7 +7,7 @@ from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Q
 from django.http import Http404
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
@@ -129,7 +129,10 @@ class StudyAdmin(admin.ModelAdmin):
         return (
             super()
             .get_queryset(request)
-            .annotate(n_images=Count("images", distinct=True), n_readers=Count("readers", distinct=True))
+            .annotate(
+                n_images=Count("images", distinct=True),
+                n_readers=Count("readers", filter=Q(readers__removed__isnull=True), distinct=True),
+            )
         )
 
     @admin.display(description="Images", ordering="n_images")
@@ -278,8 +281,10 @@ class StudyAdmin(admin.ModelAdmin):
     def link_view(self, request, pk):
         """A new one-time link for a reader who has not set a password (lost, expired)."""
         study = self._study(request, pk)
-        place = get_object_or_404(StudyReader, study=study, reader_id=request.POST.get("reader"))
-        if place.reader.has_usable_password():
+        place = _member(study, request.POST.get("reader", ""))
+        if place is None:
+            messages.error(request, "That reader is not in this study (any more).")
+        elif place.reader.has_usable_password():
             messages.error(request, f"{place.reader} has set a password already; they can log in.")
         else:
             link = password_link(place.reader, base_url=request.build_absolute_uri("/"))
@@ -289,10 +294,7 @@ class StudyAdmin(admin.ModelAdmin):
     def remove_reader_view(self, request, pk):
         """Take a reader out of the study: a confirmation page first; both steps are POSTs."""
         study = self._study(request, pk)
-        reader_id = request.POST.get("reader", "")
-        place = StudyReader.objects.filter(
-            study=study, reader_id=int(reader_id) if reader_id.isdecimal() else None, removed__isnull=True
-        ).first()
+        place = _member(study, request.POST.get("reader", ""))
         if place is None:
             messages.error(request, "That reader is not in this study (any more).")
             return redirect("admin:studies_study_readers", pk)
@@ -334,6 +336,13 @@ class StudyAdmin(admin.ModelAdmin):
 def _include_removed(request) -> bool:
     """Results count removed readers' answers only when asked (?include_removed=1)."""
     return request.GET.get("include_removed") == "1"
+
+
+def _member(study: Study, reader_id: str) -> StudyReader | None:
+    """The study's (not removed) reader with this id as posted by a form; None for anything else."""
+    if not reader_id.isdecimal():
+        return None
+    return StudyReader.objects.filter(study=study, reader_id=int(reader_id), removed__isnull=True).first()
 
 
 def _awaiting_password(study: Study) -> set[int]:

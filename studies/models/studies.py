@@ -53,6 +53,9 @@ class Study(models.Model):
         null=True, blank=True, editable=False, help_text="Seed of the draw of images (secure, recorded)."
     )
     audit_report = models.JSONField(default=dict, blank=True, editable=False)
+    preparation_error = models.TextField(
+        blank=True, editable=False, help_text="Why the draw of a preparing study failed on a worker, if so."
+    )
     override_reason = models.TextField(
         blank=True, editable=False, help_text="Why the study was opened although the blinding audit warned."
     )

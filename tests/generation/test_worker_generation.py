@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from django.conf import settings
@@ -12,19 +11,10 @@ from django.conf import settings
 from generation.jobs import job_launch
 from generation.models import GeneratedImage, GenerationJob
 from generation.services import model_register
-from tests.conftest import worker_environment
+from tests.conftest import wait_until, worker_environment
 from tests.generation.models import built
 
 pytestmark = pytest.mark.services
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def test_generate_wait_runs_a_job_on_a_real_worker_and_shows_progress(celery_workers):
@@ -90,12 +80,16 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(celery_workers):
     count = 12
     job = job_launch(version=model.current_version, count=count)
     wait_until(
-        lambda: GeneratedImage.objects.filter(version=model.current_version).count() >= 3, 120, "three images"
+        lambda: GeneratedImage.objects.filter(version=model.current_version).count() >= 3,
+        timeout=120,
+        what="three images",
     )
     os.killpg(first.pid, signal.SIGKILL)  # no warm shutdown: the chunk in hand is lost mid-way
     first.wait()
     celery_workers.start(**limits)
-    wait_until(lambda: GenerationJob.objects.get(pk=job.pk).status == "done", 240, "the job's end")
+    wait_until(
+        lambda: GenerationJob.objects.get(pk=job.pk).status == "done", timeout=240, what="the job's end"
+    )
     seeds = list(GeneratedImage.objects.filter(version=model.current_version).values_list("seed", flat=True))
     assert sorted(seeds) == list(range(count))
 
@@ -111,8 +105,8 @@ def test_every_kind_registers_previews_and_generates_through_a_real_worker(celer
         jobs.append(job_launch(version=model.current_version, count=2))
     wait_until(
         lambda: all(GenerationJob.objects.get(pk=j.pk).status in ("done", "failed") for j in jobs),
-        300,
-        "all jobs",
+        timeout=300,
+        what="all jobs",
     )
     failed = {
         str(j): GenerationJob.objects.get(pk=j.pk).error

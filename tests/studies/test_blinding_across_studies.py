@@ -13,7 +13,7 @@ from studies.lifecycle import (
     study_prepare,
 )
 from studies.models import Image, ImageSet, Presentation, Study, StudyImage, StudyModel, StudyReader
-from studies.services import study_reader_add
+from studies.services import study_reader_add, study_reader_remove
 from tests.studies.study_fixtures import fixture_version, make_real_set
 
 pytestmark = pytest.mark.django_db
@@ -226,3 +226,26 @@ def test_a_practice_answer_hides_the_truth_of_an_image_the_reader_scores_elsewhe
         body = client.post(f"/p/{presentation.pk}/answer", {"label": "real", "viewing_ms": 900}).json()
         assert ("feedback" in body) is shown, body
     assert Presentation.objects.get(study=practice, reader=reader, image=x).answer.label == "real"
+
+
+def test_removing_the_reader_lets_the_study_open_and_bringing_them_back_is_refused(
+    researcher, reader, outsider
+):
+    shared, other = make_real_set(1, name="shared"), make_real_set(4, name="other")
+    x = shared.images.get()
+    scoring = study_of("Scoring", scored=[*other.images.all()])
+    practice = study_of("Practice", practice=[x], scored=other.images.all()[:2], status="open")
+    for study in (scoring, practice):
+        study_reader_add(study=study, reader=reader)
+    study_reader_add(study=scoring, reader=outsider)
+    StudyImage.objects.create(study=scoring, image=x)
+    # The refusal's remedy: take the reader out of this study; then it opens, without them.
+    study_reader_remove(study=scoring, reader=reader)
+    study_open(study=scoring, user=researcher, override_reason="phantoms only")
+    assert Presentation.objects.filter(study=scoring, reader=outsider).exists()
+    assert not Presentation.objects.filter(study=scoring, reader=reader).exists()
+    # Coming back is checked like a first arrival.
+    with pytest.raises(StudyRefused, match="reader cannot read in “Scoring”"):
+        study_reader_add(study=scoring, reader=reader)
+    assert StudyReader.objects.get(study=scoring, reader=reader).removed is not None
+    assert not Presentation.objects.filter(study=scoring, reader=reader).exists()

@@ -9,6 +9,7 @@ from generation.models import GenerationJob
 from generation.services import model_register
 from studies.lifecycle import (
     StudyRefused,
+    preparation_error,
     study_back_to_draft,
     study_close,
     study_open,
@@ -17,6 +18,7 @@ from studies.lifecycle import (
 )
 from studies.models import Image, Presentation, Study, StudyImage, StudyModel
 from studies.services import study_reader_add
+from studies.tasks import preparation_advance
 from tests.generation.models import built
 from tests.generation.test_generate import make_images, run_job
 from tests.studies.study_fixtures import make_images as make_mixed_images
@@ -214,3 +216,24 @@ def test_a_study_size_other_than_the_stored_one_resizes_every_image_the_same_way
     for presentation in Presentation.objects.filter(study=study, reader=reader):
         response = client.get(f"/p/{presentation.pk}/image")
         assert PILImage.open(io.BytesIO(response.content)).size == (256, 256)
+
+
+def test_a_draw_that_fails_on_the_worker_says_why_on_the_study_and_leaves_no_files(ddpm, media_root):
+    make_images(ddpm, count=4)
+    image_set = make_real_set(4)
+    study = draft(image_set, ddpm, image_size=384)  # another size: every drawn image is resized
+    study_prepare(study=study)
+    lost = image_set.images.order_by("pk").last()
+    lost.file.storage.delete(lost.file.name)
+    before = {p for p in media_root.rglob("*") if p.is_file()}
+
+    preparation_advance(study.pk)  # what the worker runs
+
+    study.refresh_from_db()
+    assert study.status == Study.Status.PREPARING and not study.images.exists()
+    assert study.preparation_error.startswith("Drawing the images failed on a worker:")
+    assert preparation_error(study) == study.preparation_error
+    assert {p for p in media_root.rglob("*") if p.is_file()} == before  # the resized copies went too
+    study_back_to_draft(study=study)
+    study.refresh_from_db()
+    assert study.preparation_error == ""

@@ -86,6 +86,7 @@ def test_the_results_page_and_its_downloads_include_removed_readers_when_asked(c
     page = client.get(f"/admin/studies/study/{study.pk}/results/").content.decode()
     assert "The answers of 1 reader removed from the study are left out" in page
     assert "R001 <span" not in page  # no row for the removed reader
+    assert "4 of 4 reads so far" in page  # the removed reader's sequence is not expected either
     page = client.get(f"/admin/studies/study/{study.pk}/results/?include_removed=1").content.decode()
     assert "R001 <span" in page and "answers.csv?include_removed=1" in page
     csv_without = b"".join(
@@ -140,3 +141,11 @@ def test_a_removed_reader_can_be_picked_again_on_the_readers_page(client, resear
     assert "Removed " in page and f'<option value="{reader.pk}">reader</option>' in page
     client.post(f"/admin/studies/study/{study.pk}/readers/", {"existing": [reader.pk], "new": ""})
     assert StudyReader.objects.get(study=study, reader=reader).removed is None
+
+
+def test_a_link_asked_for_a_removed_or_made_up_reader_gets_a_message(client, researcher, study, reader):
+    client.force_login(researcher)
+    for posted in (str(reader.pk), "abc", ""):
+        page = client.post(f"/admin/studies/study/{study.pk}/link/", {"reader": posted}, follow=True)
+        assert page.status_code == 200
+        assert "That reader is not in this study (any more)." in page.content.decode()
