@@ -155,7 +155,8 @@ def test_the_same_file_in_another_set_counts_for_readers_too(reader):
         study_reader_add(study=scoring, reader=reader)
 
 
-def test_opening_is_refused_while_a_reader_would_be_told_the_truth_elsewhere(researcher, reader, outsider):
+def overlapping(reader, outsider) -> Study:
+    """A ready study scoring an image that `reader` practises on in an open study; `outsider` reads it too."""
     shared, other = make_real_set(1, name="shared"), make_real_set(4, name="other")
     x = shared.images.get()
     scoring = study_of("Scoring", scored=[*other.images.all()])
@@ -164,6 +165,11 @@ def test_opening_is_refused_while_a_reader_would_be_told_the_truth_elsewhere(res
         study_reader_add(study=study, reader=reader)
     study_reader_add(study=scoring, reader=outsider)
     StudyImage.objects.create(study=scoring, image=x)  # drawn while the other study was drawing
+    return scoring
+
+
+def test_opening_is_refused_while_a_reader_would_be_told_the_truth_elsewhere(researcher, reader, outsider):
+    scoring = overlapping(reader, outsider)
     with pytest.raises(StudyRefused) as refused:
         study_open(study=scoring, user=researcher, override_reason="an audit reason does not cover this")
     assert str(refused.value).startswith("Cannot open: reader cannot read in “Scoring”: 1 image scored")
@@ -231,14 +237,7 @@ def test_a_practice_answer_hides_the_truth_of_an_image_the_reader_scores_elsewhe
 def test_removing_the_reader_lets_the_study_open_and_bringing_them_back_is_refused(
     researcher, reader, outsider
 ):
-    shared, other = make_real_set(1, name="shared"), make_real_set(4, name="other")
-    x = shared.images.get()
-    scoring = study_of("Scoring", scored=[*other.images.all()])
-    practice = study_of("Practice", practice=[x], scored=other.images.all()[:2], status="open")
-    for study in (scoring, practice):
-        study_reader_add(study=study, reader=reader)
-    study_reader_add(study=scoring, reader=outsider)
-    StudyImage.objects.create(study=scoring, image=x)
+    scoring = overlapping(reader, outsider)
     # The refusal's remedy: take the reader out of this study; then it opens, without them.
     study_reader_remove(study=scoring, reader=reader)
     study_open(study=scoring, user=researcher, override_reason="phantoms only")
