@@ -30,7 +30,16 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Dense bf16 tensor-core peaks (NVIDIA data sheets, without sparsity), most specific name first.
-BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+# The NVL parts (as nvidia-smi names them) run at lower clocks than the SXM ones: their own figures.
+BF16_PEAK_TFLOPS = {
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "H200 NVL": 835.0,
+    "H200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+}
 
 
 def build_model(folder: Path, sd15: bool, size: int) -> Path:

@@ -23,6 +23,7 @@ from studies.imaging.decode import Decoded
 from studies.models import Image
 
 from .models import GeneratedImage, GenerationJob, ModelVersion
+from .pipelines import PROMPT_LENGTH_SENSITIVE
 from .signals import job_done
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,24 @@ def _enqueue_missing(job: GenerationJob) -> None:
         _mark_done(job.pk)
         return
     size = job.version.batch_size
-    for start in range(0, len(missing), size):
-        generate_chunk.delay_on_commit(job.pk, missing[start : start + size], job.attempt)
+    for group in _prompt_groups(job.version, missing):
+        for start in range(0, len(group), size):
+            generate_chunk.delay_on_commit(job.pk, group[start : start + size], job.attempt)
+
+
+def _prompt_groups(version: ModelVersion, seeds: list[int]) -> list[list[int]]:
+    """The seeds in groups that a pipeline can make in one call.
+
+    A pipeline whose text context depends on the batch's longest prompt makes one
+    call per prompt: its chunks hold seeds of one prompt, or a chunk of n seeds
+    cycling through the prompts would be n calls of one image each.
+    """
+    if version.model.pipeline_class not in PROMPT_LENGTH_SENSITIVE or len(version.prompts) < 2:
+        return [seeds]
+    groups: dict[str, list[int]] = {}
+    for seed in seeds:
+        groups.setdefault(prompt_for(version, seed), []).append(seed)
+    return list(groups.values())
 
 
 def job_cancel(*, job: GenerationJob) -> bool:

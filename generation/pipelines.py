@@ -4,6 +4,9 @@ torch and diffusers are imported inside functions: the prefork parent of a
 Celery worker never imports them, so CUDA is initialised only in its children.
 """
 
+import gc
+import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -38,6 +41,16 @@ NO_NEGATIVE_PROMPT = {"FluxPipeline", "LDMTextToImagePipeline"}
 # These cut the text context to the longest prompt of the batch, so an image would
 # depend on the other prompts in its batch: they are called once per distinct prompt.
 PROMPT_LENGTH_SENSITIVE = {"Kandinsky3Pipeline"}
+# These cannot run in half precision: LDMPipeline makes its starting noise in float32
+# and feeds it to a bf16 or fp16 VQ-VAE. They run in float32 whatever is asked.
+FLOAT32_ONLY = {"LDMPipeline"}
+# Messages of CUDA errors after which the process's CUDA context is broken for good.
+CUDA_CONTEXT_LOST = (
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "CUDA error",
+)
 # Where each pipeline takes the LoRA scale at call time.
 LORA_SCALE_ARGUMENT = {
     "StableDiffusionPipeline": "cross_attention_kwargs",
@@ -61,18 +74,24 @@ class Loaded:
     notes: dict = field(default_factory=dict)  # what we changed on the pipeline, for provenance
 
 
+logger = logging.getLogger(__name__)
 _cache: OrderedDict[tuple, Loaded] = OrderedDict()
 _lock = threading.Lock()
 
 
-def resolve_dtype(requested: str, device: str) -> str:
+def resolve_dtype(requested: str, device: str, pipeline_class: str = "") -> str:
     import torch
 
+    if pipeline_class in FLOAT32_ONLY:
+        return "float32"
     if device != "cuda":
-        return "float32"  # half precision on CPU is slow and poorly supported
+        # bf16 runs on a CPU when asked for (the tests check the GPU's bf16 path there);
+        # fp16 hardly does, and "auto" takes float32, the fast and exact choice on a CPU.
+        return "bfloat16" if requested == "bfloat16" else "float32"
     if requested != "auto":
         return requested
-    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    # Emulated bf16 (V100, T4) is slower than fp16: only a native one counts.
+    return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
 
 
 def pipeline_for(version) -> Loaded:
@@ -85,7 +104,7 @@ def pipeline_for(version) -> Loaded:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = version.model
-    key = (model.path, model.lora_path, resolve_dtype(version.dtype, device))
+    key = (model.path, model.lora_path, resolve_dtype(version.dtype, device, model.pipeline_class))
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -95,7 +114,18 @@ def pipeline_for(version) -> Loaded:
             _cache.popitem(last=False)
         if device == "cuda":
             torch.cuda.empty_cache()
-        loaded = _load(model, device, key[2])
+        try:
+            loaded = _load(model, device, key[2])
+        except torch.cuda.OutOfMemoryError:
+            loaded = None
+        if loaded is None:
+            # Out of memory while loading: drop every other pipeline and try once more
+            # (outside the except block, whose traceback would hold the half-loaded weights).
+            logger.warning("Out of memory loading %s: emptying the pipeline cache, trying again", model)
+            _cache.clear()
+            gc.collect()
+            torch.cuda.empty_cache()
+            loaded = _load(model, device, key[2])
         loaded.key = key
         _cache[key] = loaded
         return loaded
@@ -115,9 +145,9 @@ def _load(model, device: str, dtype: str) -> Loaded:
     from diffusers.utils import logging as diffusers_logging
 
     # Progress bars and load reports fill worker logs; failures still raise.
-    for logging in (diffusers_logging, transformers.utils.logging):
-        logging.disable_progress_bar()
-        logging.set_verbosity_error()
+    for library_logging in (diffusers_logging, transformers.utils.logging):
+        library_logging.disable_progress_bar()
+        library_logging.set_verbosity_error()
 
     kwargs = {"local_files_only": True, "torch_dtype": getattr(torch, dtype)}
     notes = {}
@@ -132,6 +162,11 @@ def _load(model, device: str, dtype: str) -> Loaded:
         pipe.load_lora_weights(model.lora_path)
         notes["lora"] = model.lora_path
     pipe.to(device)
+    vae = getattr(pipe, "vae", None)
+    if hasattr(vae, "enable_slicing"):
+        # One image at a time through the decoder: a batch that fits the denoising is not
+        # thrown away for want of memory in the decode.
+        vae.enable_slicing()
     if device == "cuda":
         # PyTorch's SDPA attention is diffusers' default with torch 2; channels-last
         # helps the convolutions of UNets and autoencoders on tensor cores.
@@ -185,7 +220,8 @@ def _call(loaded: Loaded, version, seeds: list[int], prompts: list[str]) -> np.n
     pipe.scheduler = fresh_scheduler(loaded, version.scheduler)
     cls = type(pipe).__name__
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
-    kwargs = {"generator": generators, "num_inference_steps": version.steps, "output_type": "np"}
+    # Tensors, converted here in float32: pipelines that convert to numpy themselves fail in bf16.
+    kwargs = {"generator": generators, "num_inference_steps": version.steps, "output_type": "pt"}
     if cls in UNCONDITIONAL:
         kwargs["batch_size"] = len(seeds)
     else:
@@ -195,21 +231,39 @@ def _call(loaded: Loaded, version, seeds: list[int], prompts: list[str]) -> np.n
             kwargs["negative_prompt"] = [version.negative_prompt] * len(seeds)
         if version.model.lora_path and cls in LORA_SCALE_ARGUMENT:
             kwargs[LORA_SCALE_ARGUMENT[cls]] = {"scale": version.lora_scale}
+    out_of_memory = ""
     try:
         with torch.inference_mode():
             images = pipe(**kwargs).images
     except torch.cuda.OutOfMemoryError as exc:
-        torch.cuda.empty_cache()
-        raise OutOfMemory(str(exc)) from None
+        out_of_memory = str(exc)
     except RuntimeError as exc:
         if "out of memory" in str(exc) or "can't allocate memory" in str(exc):
-            raise OutOfMemory(str(exc)) from None
-        forget(loaded)
-        raise
+            out_of_memory = str(exc)
+        else:
+            forget(loaded)
+            if loaded.device == "cuda" and cuda_context_lost(exc):
+                # Every later task of this process would fail while it still answers pings:
+                # end it, so that the chunk (acknowledged late) goes to a healthy worker.
+                logger.critical("The CUDA context is broken (%s): ending this worker process", exc)
+                os._exit(70)
+            raise
     except Exception:
         forget(loaded)
         raise
-    return np.asarray(images, dtype=np.float32)
+    if out_of_memory:
+        # Here, not in the except block: its traceback held the batch's tensors.
+        if loaded.device == "cuda":
+            torch.cuda.empty_cache()
+        raise OutOfMemory(out_of_memory)
+    if isinstance(images, torch.Tensor):  # (n, C, H, W), in the pipeline's dtype
+        return images.float().permute(0, 2, 3, 1).cpu().numpy()
+    return np.asarray(images, dtype=np.float32)  # a pipeline that makes numpy whatever is asked (LDM)
+
+
+def cuda_context_lost(exc: BaseException) -> bool:
+    """Whether an error leaves the process's CUDA context unusable (not one batch's failure)."""
+    return any(sign in str(exc) for sign in CUDA_CONTEXT_LOST) and "out of memory" not in str(exc)
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
