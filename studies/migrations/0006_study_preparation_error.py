@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='study',
             name='preparation_error',
-            field=models.TextField(blank=True, editable=False, help_text='Why the draw of a preparing study failed on a worker, if it did.'),
+            field=models.TextField(blank=True, editable=False, help_text='Why the draw of a preparing study failed on a worker, if so.'),
         ),
     ]
