@@ -249,6 +249,8 @@ DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DATA_UPLOAD_MAX_NUMBER_FILES", 1000)
 MODELS_ROOT = Path(env_str("MODELS_ROOT", str(VAR_DIR / "models")))
 # Pipelines each worker process keeps loaded (least recently used goes first).
 PIPELINE_CACHE_SIZE = env_int("PIPELINE_CACHE_SIZE", 2)
+# Checkpoints of training jobs (TRAINING_ROOT/<job id>); trained pipelines go to MODELS_ROOT.
+TRAINING_ROOT = Path(env_str("TRAINING_ROOT", str(VAR_DIR / "training")))
 
 # --- Reader accounts and email ------------------------------------------------------
 # A new reader gets a one-time link to set a password (Django's password-reset
