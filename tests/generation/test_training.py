@@ -62,3 +62,90 @@ def test_a_pause_between_checkpoints_saves_one_and_resumes_exactly(phantoms, tmp
     assert (paused.stopped, paused.step, resumed.resumed_from) == ("pause", 3, 3)
     expected = dict(straight.unet.named_parameters())
     assert all(torch.equal(p, expected[name]) for name, p in resumed.unet.named_parameters())
+
+
+def train_args(**changes) -> list[str]:
+    options = {
+        "--name": "cxr-unconditional", "--set": "training phantoms", "--method": "unconditional",
+        "--steps": "8", "--batch": "2", "--lr": "1e-3", "--resolution": "32", "--seed": "3",
+        "--width": "8", "--checkpoint-every": "4",
+    } | changes  # fmt: skip
+    return [part for key, value in options.items() for part in (key, value)]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"--set": "no such set"}, "No image set named 'no such set'"),
+        (
+            {"--batch": "5"},
+            "the batch of 5 needs at least as many images; the sets hold 'training phantoms': 4",
+        ),
+        (
+            {"--resolution": "36"},
+            "the resolution must be a multiple of 8 between 16 and 1024 pixels (got 36)",
+        ),
+        ({"--resolution": "8"}, "the resolution must be a multiple of 8 between 16 and 1024 pixels (got 8)"),
+        ({"--resolution": "1032"}, "a multiple of 8 between 16 and 1024 pixels (got 1032)"),
+        ({"--steps": "0"}, "steps must be at least 1 (got 0)"),
+        ({"--lr": "0"}, "the learning rate must be above 0 and below 1 (got 0.0)"),
+        ({"--width": "12"}, "the UNet's width must be a multiple of 8 between 8 and 512 (got 12)"),
+        ({"--method": "lora"}, "LoRA fine-tuning is not available yet"),
+        ({"--method": "full"}, "full fine-tuning is not available yet"),
+        ({"--name": "=HYPERLINK()"}, "a model's name cannot start with '='"),
+    ],
+)
+def test_train_refuses_bad_input_before_any_work(phantoms, changes, message):
+    with pytest.raises(CommandError) as refused:
+        call_command("train", *train_args(**changes))
+    assert message in str(refused.value)
+    assert not TrainingJob.objects.exists()
+
+
+def test_train_refuses_a_name_already_registered(phantoms):
+    GenerativeModel.objects.create(
+        name="taken", path="/models/taken", pipeline_class="DDPMPipeline", native_size=32
+    )
+    with pytest.raises(CommandError, match="a model named 'taken' is already registered"):
+        call_command("train", *train_args(**{"--name": "taken"}))
+    assert not TrainingJob.objects.exists()
+
+
+@pytest.mark.services
+def test_train_wait_trains_on_a_real_worker_and_the_model_generates(celery_worker_process):
+    image_set = make_real_set(4, name="training phantoms")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "train", *train_args(), "--wait"],
+        cwd=settings.BASE_DIR,
+        env=worker_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[##############################] step 8/8 loss" in result.stdout
+    job = TrainingJob.objects.get()
+    assert (job.status, job.step, len(job.loss_history)) == ("done", 8, 8)
+    assert job.model.name == "cxr-unconditional" and job.model.pipeline_class == "DDPMPipeline"
+    assert job.model.native_size == 32
+    record = job.record
+    assert record["base"] is None and record["device"] == "cpu" and record["seed"] == 3
+    assert [i["id"] for i in record["images"]] == list(
+        image_set.images.order_by("pk").values_list("pk", flat=True)
+    )
+    assert record["images"][0]["png_sha256"] == image_set.images.order_by("pk")[0].png_sha256
+    assert record["hyperparameters"] == {
+        "method": "unconditional", "steps": 8, "batch_size": 2, "learning_rate": 1e-3, "resolution": 32,
+        "seed": 3, "width": 8, "checkpoint_every": 4, "mixed_precision": "no",
+    }  # fmt: skip
+    assert record["loss_history"] == job.loss_history and record["torch"] == torch.__version__
+
+    version = model_settings_update(model=job.model, steps=2)
+    generation = job_launch(version=version, count=2)
+    wait_until(
+        lambda: GenerationJob.objects.get(pk=generation.pk).status in ("done", "failed"),
+        timeout=120,
+        what="generation with the trained model",
+    )
+    assert GenerationJob.objects.get(pk=generation.pk).error == ""
+    assert GeneratedImage.objects.filter(version=version).count() == 2
