@@ -149,3 +149,50 @@ def test_train_wait_trains_on_a_real_worker_and_the_model_generates(celery_worke
     )
     assert GenerationJob.objects.get(pk=generation.pk).error == ""
     assert GeneratedImage.objects.filter(version=version).count() == 2
+
+
+def test_a_job_cancelled_mid_run_stops_at_the_next_step_and_keeps_its_checkpoint(transactional_db, settings):
+    import threading
+
+    from django.db import connection
+
+    from generation.training import checkpoint_latest, job_folder, training_run
+    from generation.training_jobs import training_cancel, training_launch
+
+    settings.TRAINING_ROOT = settings.MEDIA_ROOT.parent / "training"
+    image_set = make_real_set(4, name="training phantoms")
+    job = training_launch(
+        name="cancelled", image_sets=[image_set], steps=500, batch_size=2, learning_rate=1e-3,
+        checkpoint_every=1, **TINY,
+    )  # fmt: skip
+    outcome = []
+
+    def work():
+        try:
+            outcome.append(training_run(job_id=job.pk))
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    wait_until(lambda: TrainingJob.objects.get(pk=job.pk).step >= 2, timeout=60, what="two steps")
+    assert training_cancel(job=job)
+    worker.join(timeout=60)
+    job.refresh_from_db()
+    assert outcome == ["cancel"] and job.status == "cancelled" and job.model is None
+    kept = checkpoint_latest(job_folder(job))
+    assert kept is not None and 2 <= int(kept.name.removeprefix("step-")) < 500
+    assert not GenerativeModel.objects.filter(name="cancelled").exists()
+
+
+def test_the_admin_shows_a_training_jobs_status_step_and_loss(client, researcher, phantoms):
+    job = TrainingJob.objects.create(
+        name="shown", steps=40, batch_size=2, learning_rate=1e-3, resolution=32, status="running",
+        step=12, loss_history=[[11, 0.5], [12, 0.4321]],
+    )  # fmt: skip
+    client.force_login(researcher)
+    listing = client.get("/admin/generation/trainingjob/").content.decode()
+    assert '<progress max="40" value="12"></progress> 12 / 40' in listing and "0.4321" in listing
+    page = client.get(f"/admin/generation/trainingjob/{job.pk}/change/").content.decode()
+    assert "step 12 of 40" in page and "loss 0.4321" in page
+    assert 'aria-label="Training progress">12 / 40</progress>' in page
