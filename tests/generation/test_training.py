@@ -3,11 +3,13 @@ and its model registers and generates through a real worker."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from django.conf import settings
 from django.core.management import CommandError, call_command
+from safetensors.torch import load_file
 
 from generation.jobs import job_launch
 from generation.models import GeneratedImage, GenerationJob, GenerativeModel, TrainingJob
@@ -112,10 +114,21 @@ def test_train_refuses_a_name_already_registered(phantoms):
 
 
 @pytest.mark.services
-def test_train_wait_trains_on_a_real_worker_and_the_model_generates(celery_worker_process):
+def test_train_wait_trains_in_slices_on_a_real_worker_exactly_and_the_model_generates(
+    celery_workers, tmp_path
+):
+    """A slice of 0 s makes every step its own task, resumed from the previous one's checkpoint:
+    the registered weights must equal those of one straight run in this process."""
+    celery_workers.start(TRAINING_SLICE_SECONDS="0")
     image_set = make_real_set(4, name="training phantoms")
     result = subprocess.run(
-        [sys.executable, "manage.py", "train", *train_args(), "--wait"],
+        [
+            sys.executable,
+            "manage.py",
+            "train",
+            *train_args(**{"--steps": "4", "--checkpoint-every": "3"}),
+            "--wait",
+        ],
         cwd=settings.BASE_DIR,
         env=worker_environment(),
         capture_output=True,
@@ -123,9 +136,9 @@ def test_train_wait_trains_on_a_real_worker_and_the_model_generates(celery_worke
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "[##############################] step 8/8 loss" in result.stdout
+    assert "[##############################] step 4/4 loss" in result.stdout
     job = TrainingJob.objects.get()
-    assert (job.status, job.step, len(job.loss_history)) == ("done", 8, 8)
+    assert (job.status, job.step, len(job.loss_history)) == ("done", 4, 4)
     assert job.model.name == "cxr-unconditional" and job.model.pipeline_class == "DDPMPipeline"
     assert job.model.native_size == 32
     record = job.record
@@ -135,10 +148,20 @@ def test_train_wait_trains_on_a_real_worker_and_the_model_generates(celery_worke
     )
     assert record["images"][0]["png_sha256"] == image_set.images.order_by("pk")[0].png_sha256
     assert record["hyperparameters"] == {
-        "method": "unconditional", "steps": 8, "batch_size": 2, "learning_rate": 1e-3, "resolution": 32,
-        "seed": 3, "width": 8, "checkpoint_every": 4, "mixed_precision": "no",
+        "method": "unconditional", "steps": 4, "batch_size": 2, "learning_rate": 1e-3, "resolution": 32,
+        "seed": 3, "width": 8, "checkpoint_every": 3, "mixed_precision": "no",
     }  # fmt: skip
     assert record["loss_history"] == job.loss_history and record["torch"] == torch.__version__
+    params = Params(
+        steps=4, batch_size=2, learning_rate=1e-3, checkpoint_every=3, resolution=32, width=8, seed=3
+    )
+    straight = training_loop(
+        params=params, images=tiny_images(image_set), folder=tmp_path / "straight", until=4
+    )
+    trained = load_file(Path(job.model.path) / "unet" / "diffusion_pytorch_model.safetensors")
+    assert trained.keys() == straight.unet.state_dict().keys()
+    assert all(torch.equal(trained[name], tensor) for name, tensor in straight.unet.state_dict().items())
+    assert straight.losses == job.loss_history
 
     version = model_settings_update(model=job.model, steps=2)
     generation = job_launch(version=version, count=2)
