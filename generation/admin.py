@@ -10,7 +10,7 @@ from .jobs import job_cancel, job_launch, job_progress, job_retry
 from .models import GeneratedImage, GenerationJob, GenerativeModel, ModelVersion, TrainingJob, WorkerReport
 from .registry import ModelRefused
 from .services import model_register, model_settings_update, worker_reports_request
-from .training_jobs import training_cancel, training_progress
+from .training_jobs import training_progress
 
 PREVIEW_COUNT = 4
 
@@ -268,7 +268,6 @@ class TrainingJobAdmin(admin.ModelAdmin):
         "finished",
     ]
     readonly_fields = fields
-    actions = ["cancel"]
     change_form_template = "admin/generation/trainingjob/change_form.html"
 
     def has_add_permission(self, request):
@@ -284,11 +283,6 @@ class TrainingJobAdmin(admin.ModelAdmin):
     def latest_loss(self, obj):
         loss = training_progress(obj).loss
         return "" if loss is None else f"{loss:.4f}"
-
-    @admin.action(description="Cancel the selected training jobs (the last checkpoint is kept)")
-    def cancel(self, request, queryset):
-        n = sum(training_cancel(job=job) for job in queryset)
-        messages.info(request, f"{n} training job(s) cancelled.")
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         job = self.get_object(request, object_id)

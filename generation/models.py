@@ -251,8 +251,7 @@ class TrainingJob(models.Model):
             models.CheckConstraint(condition=Q(checkpoint_every__gte=1), name="training_checkpoint_positive"),
             # Three halvings in the UNet: the side must divide by 8.
             models.CheckConstraint(
-                condition=Q(resolution__gte=16, resolution__lte=1024)
-                & Exact(Mod("resolution", 8), 0),
+                condition=Q(resolution__gte=16, resolution__lte=1024) & Exact(Mod("resolution", 8), 0),
                 name="training_resolution_in_range_and_multiple_of_8",
             ),
         ]

@@ -219,3 +219,10 @@ def test_the_admin_shows_a_training_jobs_status_step_and_loss(client, researcher
     page = client.get(f"/admin/generation/trainingjob/{job.pk}/change/").content.decode()
     assert "step 12 of 40" in page and "loss 0.4321" in page
     assert 'aria-label="Training progress">12 / 40</progress>' in page
+
+
+def test_bf16_mixed_precision_trains_float32_weights_with_a_finite_loss(phantoms, tmp_path):
+    params = Params(steps=2, batch_size=2, learning_rate=1e-3, mixed_precision="bf16", **TINY)
+    outcome = training_loop(params=params, images=tiny_images(phantoms), folder=tmp_path, until=2)
+    assert all(p.dtype == torch.float32 for p in outcome.unet.parameters())
+    assert all(0 < loss < 10 for _, loss in outcome.losses)
