@@ -249,6 +249,11 @@ DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DATA_UPLOAD_MAX_NUMBER_FILES", 1000)
 MODELS_ROOT = Path(env_str("MODELS_ROOT", str(VAR_DIR / "models")))
 # Pipelines each worker process keeps loaded (least recently used goes first).
 PIPELINE_CACHE_SIZE = env_int("PIPELINE_CACHE_SIZE", 2)
+# Checkpoints of training jobs (TRAINING_ROOT/<job id>); trained pipelines go to MODELS_ROOT.
+TRAINING_ROOT = Path(env_str("TRAINING_ROOT", str(VAR_DIR / "training")))
+# A training task stops at a checkpoint after this long and queues its continuation, so a job
+# may run longer than any one task may (0: after every step, for tests).
+TRAINING_SLICE_SECONDS = env_int("TRAINING_SLICE_SECONDS", CELERY_TASK_SOFT_TIME_LIMIT * 4 // 5)
 
 # --- Reader accounts and email ------------------------------------------------------
 # A new reader gets a one-time link to set a password (Django's password-reset

@@ -7,9 +7,10 @@ from django.views.decorators.http import require_POST
 
 from .forms import GenerateForm, GenerativeModelForm
 from .jobs import job_cancel, job_launch, job_progress, job_retry
-from .models import GeneratedImage, GenerationJob, GenerativeModel, ModelVersion, WorkerReport
+from .models import GeneratedImage, GenerationJob, GenerativeModel, ModelVersion, TrainingJob, WorkerReport
 from .registry import ModelRefused
 from .services import model_register, model_settings_update, worker_reports_request
+from .training_jobs import training_progress
 
 PREVIEW_COUNT = 4
 
@@ -234,4 +235,56 @@ class GenerationJobAdmin(admin.ModelAdmin):
             extra["images"] = (
                 job.images().select_related("image").order_by("seed")[:8] if job.is_preview else []
             )
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
+
+
+@admin.register(TrainingJob)
+class TrainingJobAdmin(admin.ModelAdmin):
+    """Read-only: jobs are started with `manage.py train` for now."""
+
+    list_display = ["__str__", "status", "progress", "latest_loss", "model", "created", "finished"]
+    list_filter = ["status", "method"]
+    fields = [
+        "name",
+        "method",
+        "image_sets",
+        "steps",
+        "batch_size",
+        "learning_rate",
+        "resolution",
+        "seed",
+        "width",
+        "checkpoint_every",
+        "mixed_precision",
+        "status",
+        "step",
+        "error",
+        "model",
+        "loss_history",
+        "record",
+        "created",
+        "started",
+        "heartbeat",
+        "finished",
+    ]
+    readonly_fields = fields
+    change_form_template = "admin/generation/trainingjob/change_form.html"
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="Progress")
+    def progress(self, obj):
+        return format_html(
+            '<progress max="{}" value="{}"></progress> {} / {}', obj.steps, obj.step, obj.step, obj.steps
+        )
+
+    @admin.display(description="Loss")
+    def latest_loss(self, obj):
+        loss = training_progress(obj).loss
+        return "" if loss is None else f"{loss:.4f}"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        extra = {"job": job, "progress": training_progress(job) if job else None}
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})

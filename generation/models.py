@@ -4,6 +4,8 @@ import uuid
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Mod
+from django.db.models.lookups import Exact
 
 
 class WorkerReport(models.Model):
@@ -190,3 +192,69 @@ class GeneratedImage(models.Model):
 
     def __str__(self):
         return f"{self.version} seed {self.seed}"
+
+
+class TrainingJob(models.Model):
+    """Train a new model from image sets on a GPU worker; on success it is registered as `name`.
+
+    The worker checkpoints every `checkpoint_every` steps under TRAINING_ROOT/<pk>, and a
+    task that finds a checkpoint resumes from it exactly (same weights as a run never stopped).
+    """
+
+    class Method(models.TextChoices):
+        UNCONDITIONAL = "unconditional", "unconditional (a DDPM UNet from scratch)"
+        LORA = "lora", "LoRA adapter on a registered model (not yet)"
+        FULL = "full", "full fine-tune of a registered model (not yet)"
+
+    class MixedPrecision(models.TextChoices):
+        NO = "no", "no (float32)"
+        BF16 = "bf16", "bf16 autocast"
+
+    Status = GenerationJob.Status
+
+    name = models.CharField(max_length=200, help_text="The name the trained model is registered under.")
+    method = models.CharField(max_length=16, choices=Method.choices, default=Method.UNCONDITIONAL)
+    image_sets = models.ManyToManyField("studies.ImageSet", related_name="training_jobs")
+    steps = models.PositiveIntegerField()
+    batch_size = models.PositiveIntegerField()
+    learning_rate = models.FloatField()
+    resolution = models.PositiveIntegerField(help_text="Side of the training images and of the model's.")
+    seed = models.BigIntegerField(default=0)
+    width = models.PositiveIntegerField(default=32, help_text="Channels of the UNet's first level.")
+    checkpoint_every = models.PositiveIntegerField(default=500)
+    mixed_precision = models.CharField(
+        max_length=8, choices=MixedPrecision.choices, default=MixedPrecision.NO
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    step = models.PositiveIntegerField(default=0, help_text="Steps done (as of the last report).")
+    loss_history = models.JSONField(default=list, blank=True, help_text="[step, mean loss] pairs.")
+    error = models.TextField(blank=True)
+    model = models.ForeignKey(
+        GenerativeModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="training_jobs"
+    )
+    record = models.JSONField(default=dict, blank=True, help_text="How the model was trained, exactly.")
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True, help_text="Last sign of a worker on this job.")
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.CheckConstraint(condition=Q(steps__gte=1), name="training_steps_positive"),
+            models.CheckConstraint(condition=Q(batch_size__gte=1), name="training_batch_positive"),
+            models.CheckConstraint(condition=Q(learning_rate__gt=0), name="training_lr_positive"),
+            # Eight groups in every normalisation layer: the width must divide by 8.
+            models.CheckConstraint(
+                condition=Q(width__gte=8) & Exact(Mod("width", 8), 0), name="training_width_multiple_of_8"
+            ),
+            models.CheckConstraint(condition=Q(checkpoint_every__gte=1), name="training_checkpoint_positive"),
+            # Three halvings in the UNet: the side must divide by 8.
+            models.CheckConstraint(
+                condition=Q(resolution__gte=16, resolution__lte=1024) & Exact(Mod("resolution", 8), 0),
+                name="training_resolution_in_range_and_multiple_of_8",
+            ),
+        ]
+
+    def __str__(self):
+        return f"Training {self.name} ({self.method}, {self.steps} steps)"

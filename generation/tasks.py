@@ -24,3 +24,14 @@ def generate_chunk(job_id: int, seeds: list[int], attempt: int = 1) -> None:
 def sweep_jobs() -> int:
     """Fail the jobs that no worker works on any more (run by beat; needs no GPU)."""
     return jobs_sweep()
+
+
+@shared_task
+def train(job_id: int) -> None:
+    """Run or resume a training job; a task that used its share of the time limit queues the next."""
+    # Imported here, in the worker's child process: generation.training imports torch, which
+    # must not be initialised in the prefork parent (see describe_device).
+    from .training import training_run
+
+    if training_run(job_id=job_id) == "pause":
+        train.delay(job_id)

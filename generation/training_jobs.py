@@ -1,0 +1,121 @@
+"""Training jobs, web side: launch (every check before any GPU time), cancel, progress.
+
+The worker side is generation/training.py; this module imports no torch.
+"""
+
+import math
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from analysis.cells import formula_refusal
+
+from .models import GenerativeModel, TrainingJob
+from .tasks import train
+
+Status = TrainingJob.Status
+NOT_YET = {
+    TrainingJob.Method.LORA: "LoRA fine-tuning",
+    TrainingJob.Method.FULL: "full fine-tuning",
+}
+
+
+class TrainingRefused(Exception):
+    """A training job that cannot run, with the reason for the researcher."""
+
+
+def training_refusal(*, name: str, image_sets, method: str, steps: int, batch_size: int,
+                     learning_rate: float, resolution: int, width: int, checkpoint_every: int,
+                     mixed_precision: str) -> str:  # fmt: skip
+    """Why this job cannot run (empty if it can): everything a worker would trip on later."""
+    if method in NOT_YET:
+        return f"{NOT_YET[method]} is not available yet; only the 'unconditional' method trains for now"
+    if method not in TrainingJob.Method.values:
+        return f"unknown method {method!r}; choose one of {', '.join(TrainingJob.Method.values)}"
+    if not name.strip():
+        return "the new model needs a name"
+    if problem := formula_refusal(name, "a model's name"):
+        return problem
+    if GenerativeModel.objects.filter(name=name).exists():
+        return f"a model named {name!r} is already registered; choose another name"
+    if TrainingJob.objects.filter(name=name, status__in=[Status.QUEUED, Status.RUNNING]).exists():
+        return f"a model named {name!r} is already being trained"
+    if steps < 1:
+        return f"steps must be at least 1 (got {steps})"
+    if not 1 <= batch_size <= 1024:
+        return f"the batch must be between 1 and 1024 images (got {batch_size})"
+    if not (math.isfinite(learning_rate) and 0 < learning_rate < 1):
+        return f"the learning rate must be above 0 and below 1 (got {learning_rate})"
+    if not 16 <= resolution <= 1024 or resolution % 8:
+        return f"the resolution must be a multiple of 8 between 16 and 1024 pixels (got {resolution})"
+    if not 8 <= width <= 512 or width % 8:
+        return f"the UNet's width must be a multiple of 8 between 8 and 512 (got {width})"
+    if checkpoint_every < 1:
+        return f"checkpoints must come every 1 step or more (got {checkpoint_every})"
+    if mixed_precision not in TrainingJob.MixedPrecision.values:
+        return f"mixed precision must be one of {', '.join(TrainingJob.MixedPrecision.values)}"
+    return _images_refusal(image_sets, batch_size)
+
+
+def _images_refusal(image_sets, batch_size: int) -> str:
+    if not image_sets:
+        return "choose at least one image set to train on"
+    counts = {image_set.name: image_set.images.count() for image_set in image_sets}
+    if empty := [name for name, count in counts.items() if not count]:
+        return f"image set {empty[0]!r} has no images"
+    if sum(counts.values()) < batch_size:
+        held = ", ".join(f"{name!r}: {count}" for name, count in counts.items())
+        return f"the batch of {batch_size} needs at least as many images; the sets hold {held}"
+    return ""
+
+
+@transaction.atomic
+def training_launch(*, name: str, image_sets, method: str = TrainingJob.Method.UNCONDITIONAL,
+                    steps: int, batch_size: int, learning_rate: float, resolution: int, seed: int = 0,
+                    width: int = 32, checkpoint_every: int = 500,
+                    mixed_precision: str = TrainingJob.MixedPrecision.NO) -> TrainingJob:  # fmt: skip
+    """Check everything, create the job and queue its task on the `gpu` queue (after commit)."""
+    options = dict(
+        method=method, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+        resolution=resolution, width=width, checkpoint_every=checkpoint_every,
+        mixed_precision=mixed_precision,
+    )  # fmt: skip
+    image_sets = list(image_sets)
+    if problem := training_refusal(name=name, image_sets=image_sets, **options):
+        raise TrainingRefused(problem)
+    job = TrainingJob.objects.create(name=name, seed=seed, **options)
+    job.image_sets.set(image_sets)
+    train.delay_on_commit(job.pk)
+    return job
+
+
+def training_cancel(*, job: TrainingJob) -> bool:
+    """Stop a queued or running job; the worker stops before its next step."""
+    return bool(
+        TrainingJob.objects.filter(pk=job.pk, status__in=[Status.QUEUED, Status.RUNNING]).update(
+            status=Status.CANCELLED, finished=timezone.now()
+        )
+    )
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    step: int
+    total: int
+    loss: float | None
+    per_second: float | None
+    seconds_left: float | None
+
+
+def training_progress(job: TrainingJob) -> TrainingProgress:
+    """Step of N, the latest loss (a mean over its interval), steps/s and time left."""
+    loss = job.loss_history[-1][1] if job.loss_history else None
+    per_second = seconds_left = None
+    if job.started and job.step:
+        elapsed = ((job.finished or job.heartbeat or timezone.now()) - job.started).total_seconds()
+        if elapsed > 0:
+            per_second = job.step / elapsed
+            if job.status in (Status.QUEUED, Status.RUNNING):
+                seconds_left = (job.steps - job.step) / per_second
+    return TrainingProgress(job.step, job.steps, loss, per_second, seconds_left)
