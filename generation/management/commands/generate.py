@@ -1,14 +1,10 @@
 """`python manage.py generate --model NAME --count N [--seed S] [--wait]`."""
 
-import sys
-import time
-
 from django.core.management.base import BaseCommand, CommandError
 
 from generation.jobs import job_launch, job_progress
+from generation.management.following import job_follow
 from generation.models import GenerationJob, GenerativeModel
-
-FINAL = {GenerationJob.Status.DONE, GenerationJob.Status.FAILED, GenerationJob.Status.CANCELLED}
 
 
 def progress_line(job: GenerationJob, width: int = 30) -> str:
@@ -44,23 +40,7 @@ class Command(BaseCommand):
         self.wait(job)
 
     def wait(self, job: GenerationJob) -> None:
-        tty = sys.stdout.isatty()
-        last, waited = None, time.monotonic()
-        while True:
-            job.refresh_from_db()  # a stuck job is failed by beat's sweep, not here
-            line = progress_line(job)
-            if line != last:
-                self.stdout.write(("\r" + line) if tty else line, ending="" if tty else "\n")
-                self.stdout.flush()
-                last = line
-            if job.status in FINAL:
-                break
-            if job.status == GenerationJob.Status.QUEUED and time.monotonic() - waited > 30:
-                self.stderr.write("\nStill queued: is a worker consuming the gpu queue? (see /healthz)")
-                waited = float("inf")
-            time.sleep(0.5)
-        if tty:
-            self.stdout.write("")
+        job_follow(self, job, line=progress_line)
         if job.status != GenerationJob.Status.DONE:
             raise CommandError(f"Job {job.pk} {job.status}: {job.error or 'no error recorded'}")
         self.stdout.write(self.style.SUCCESS(f"Job {job.pk} done."))

@@ -1,15 +1,11 @@
 """`python manage.py train --name NEW --set IMAGESET [--set ...] --method unconditional ... [--wait]`."""
 
-import sys
-import time
-
 from django.core.management.base import BaseCommand, CommandError
 
+from generation.management.following import job_follow
 from generation.models import TrainingJob
 from generation.training_jobs import TrainingRefused, training_launch, training_progress
 from studies.models import ImageSet
-
-FINAL = {TrainingJob.Status.DONE, TrainingJob.Status.FAILED, TrainingJob.Status.CANCELLED}
 
 
 def progress_line(job: TrainingJob, width: int = 30) -> str:
@@ -67,23 +63,7 @@ class Command(BaseCommand):
             self.wait(job)
 
     def wait(self, job: TrainingJob) -> None:
-        tty = sys.stdout.isatty()
-        last, waited = None, time.monotonic()
-        while True:
-            job.refresh_from_db()
-            line = progress_line(job)
-            if line != last:
-                self.stdout.write(("\r" + line) if tty else line, ending="" if tty else "\n")
-                self.stdout.flush()
-                last = line
-            if job.status in FINAL:
-                break
-            if job.status == TrainingJob.Status.QUEUED and time.monotonic() - waited > 30:
-                self.stderr.write("\nStill queued: is a worker consuming the gpu queue? (see /healthz)")
-                waited = float("inf")
-            time.sleep(0.5)
-        if tty:
-            self.stdout.write("")
+        job_follow(self, job, line=progress_line)
         if job.status != TrainingJob.Status.DONE:
             raise CommandError(f"Training job {job.pk} {job.status}: {job.error or 'no error recorded'}")
         self.stdout.write(self.style.SUCCESS(f"Training job {job.pk} done: registered model {job.model}."))
