@@ -246,16 +246,8 @@ class TrainingJobAdmin(admin.ModelAdmin):
     list_filter = ["status", "method"]
     fields = [
         "name",
-        "method",
         "image_sets",
-        "steps",
-        "batch_size",
-        "learning_rate",
-        "resolution",
-        "seed",
-        "width",
-        "checkpoint_every",
-        "mixed_precision",
+        *TrainingJob.HYPERPARAMETERS,
         "status",
         "step",
         "error",

@@ -211,6 +211,18 @@ class TrainingJob(models.Model):
         BF16 = "bf16", "bf16 autocast"
 
     Status = GenerationJob.Status
+    # What the training record keeps and the admin shows, in this order.
+    HYPERPARAMETERS = [
+        "method",
+        "steps",
+        "batch_size",
+        "learning_rate",
+        "resolution",
+        "seed",
+        "width",
+        "checkpoint_every",
+        "mixed_precision",
+    ]
 
     name = models.CharField(max_length=200, help_text="The name the trained model is registered under.")
     method = models.CharField(max_length=16, choices=Method.choices, default=Method.UNCONDITIONAL)

@@ -39,17 +39,7 @@ NUM_TRAIN_TIMESTEPS = 1000
 HISTORY_POINTS = 1000
 # Progress is written at most this often (cancel is read every step).
 REPORT_SECONDS = 1.0
-HYPERPARAMETERS = [
-    "method",
-    "steps",
-    "batch_size",
-    "learning_rate",
-    "resolution",
-    "seed",
-    "width",
-    "checkpoint_every",
-    "mixed_precision",
-]
+HYPERPARAMETERS = TrainingJob.HYPERPARAMETERS
 
 
 @dataclass
