@@ -203,11 +203,12 @@ class TrainingJob(models.Model):
 
     class Method(models.TextChoices):
         UNCONDITIONAL = "unconditional", "unconditional (a DDPM UNet from scratch)"
-        LORA = "lora", "LoRA adapter on a registered model (not yet)"
-        FULL = "full", "full fine-tune of a registered model (not yet)"
+        LORA = "lora", "LoRA adapter on a registered text-to-image model's UNet"
+        FULL = "full", "full fine-tune of a registered text-to-image model's UNet"
 
     class MixedPrecision(models.TextChoices):
         NO = "no", "no (float32)"
+        FP16 = "fp16", "fp16 autocast (loss scaling)"
         BF16 = "bf16", "bf16 autocast"
 
     Status = GenerationJob.Status
@@ -222,10 +223,24 @@ class TrainingJob(models.Model):
         "width",
         "checkpoint_every",
         "mixed_precision",
+        "ema",
+        "snr_gamma",
+        "rank",
+        "prompt_template",
+        "train_text_encoder",
+        "preview_every",
     ]
 
     name = models.CharField(max_length=200, help_text="The name the trained model is registered under.")
     method = models.CharField(max_length=16, choices=Method.choices, default=Method.UNCONDITIONAL)
+    base = models.ForeignKey(
+        GenerativeModel,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="fine_tunes",
+        help_text="The registered text-to-image model that LoRA and full fine-tuning start from.",
+    )
     image_sets = models.ManyToManyField("studies.ImageSet", related_name="training_jobs")
     steps = models.PositiveIntegerField()
     batch_size = models.PositiveIntegerField()
@@ -237,7 +252,30 @@ class TrainingJob(models.Model):
     mixed_precision = models.CharField(
         max_length=8, choices=MixedPrecision.choices, default=MixedPrecision.NO
     )
+    ema = models.BooleanField(default=False, help_text="Keep an exponential moving average of the weights.")
+    snr_gamma = models.FloatField(
+        null=True, blank=True, help_text="Min-SNR loss weighting (5 is usual); empty for plain MSE."
+    )
+    rank = models.PositiveIntegerField(default=4, help_text="LoRA only: the adapter's rank.")
+    prompt_template = models.CharField(
+        max_length=500,
+        default="chest x-ray, {finding}",
+        help_text="Text models: each image's prompt, from its finding.",
+    )
+    train_text_encoder = models.BooleanField(default=False, help_text="Full fine-tuning only.")
+    preview_every = models.PositiveIntegerField(
+        default=0, help_text="A grid of preview images at fixed seeds every this many steps; 0 for none."
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    attempt = models.PositiveIntegerField(
+        default=1, help_text="Raised by each retry; older tasks stand down."
+    )
+    resumes = models.PositiveIntegerField(
+        default=0, help_text="Times the sweep resumed this job after its worker went silent."
+    )
+    previews = models.JSONField(
+        default=list, blank=True, help_text='[{"step": n, "file": path under TRAINING_ROOT}] in step order.'
+    )
     step = models.PositiveIntegerField(default=0, help_text="Steps done (as of the last report).")
     loss_history = models.JSONField(default=list, blank=True, help_text="[step, mean loss] pairs.")
     error = models.TextField(blank=True)
@@ -261,6 +299,10 @@ class TrainingJob(models.Model):
                 condition=Q(width__gte=8) & Exact(Mod("width", 8), 0), name="training_width_multiple_of_8"
             ),
             models.CheckConstraint(condition=Q(checkpoint_every__gte=1), name="training_checkpoint_positive"),
+            models.CheckConstraint(condition=Q(rank__gte=1), name="training_rank_positive"),
+            models.CheckConstraint(
+                condition=Q(snr_gamma__isnull=True) | Q(snr_gamma__gt=0), name="training_snr_gamma_positive"
+            ),
             # Three halvings in the UNet: the side must divide by 8.
             models.CheckConstraint(
                 condition=Q(resolution__gte=16, resolution__lte=1024) & Exact(Mod("resolution", 8), 0),

@@ -22,16 +22,22 @@ def generate_chunk(job_id: int, seeds: list[int], attempt: int = 1) -> None:
 
 @shared_task
 def sweep_jobs() -> int:
-    """Fail the jobs that no worker works on any more (run by beat; needs no GPU)."""
-    return jobs_sweep()
+    """Fail the generation jobs and resume the training jobs that no worker works on any more
+    (run by beat; needs no GPU)."""
+    from .training_jobs import training_sweep  # it queues `train`, from this module
+
+    return jobs_sweep() + training_sweep()
 
 
 @shared_task
-def train(job_id: int) -> None:
-    """Run or resume a training job; a task that used its share of the time limit queues the next."""
+def train(job_id: int, attempt: int = 1) -> None:
+    """Run or resume a training job; a task that used its share of the time limit queues the next.
+
+    A task of an earlier attempt (before a retry or a sweep) stands down.
+    """
     # Imported here, in the worker's child process: generation.training imports torch, which
     # must not be initialised in the prefork parent (see describe_device).
     from .training import training_run
 
-    if training_run(job_id=job_id) == "pause":
-        train.delay(job_id)
+    if training_run(job_id=job_id, attempt=attempt) == "pause":
+        train.delay(job_id, attempt)

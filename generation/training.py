@@ -52,6 +52,12 @@ class Params:
     width: int = 32
     checkpoint_every: int = 500
     mixed_precision: str = "no"
+    ema: bool = False
+    snr_gamma: float | None = None
+    rank: int = 4
+    prompt_template: str = "chest x-ray, {finding}"
+    train_text_encoder: bool = False
+    preview_every: int = 0
 
     @classmethod
     def of(cls, job: TrainingJob) -> "Params":
@@ -252,13 +258,15 @@ def job_folder(job: TrainingJob) -> Path:
     return Path(settings.TRAINING_ROOT) / str(job.pk)
 
 
-def training_run(*, job_id: int) -> str:
+def training_run(*, job_id: int, attempt: int = 1) -> str:
     """Run (or resume) a training job; returns the loop's outcome: "done", "cancel" or "pause".
 
-    Safe to deliver twice: a job that is no longer queued or running is left alone.
+    Safe to deliver twice: a job that is no longer queued or running, or whose attempt
+    has moved on (a retry, a sweep), is left alone.
     """
     now = timezone.now()
-    if not TrainingJob.objects.filter(pk=job_id, status__in=[Status.QUEUED, Status.RUNNING]).update(
+    mine = TrainingJob.objects.filter(pk=job_id, attempt=attempt)
+    if not mine.filter(status__in=[Status.QUEUED, Status.RUNNING]).update(
         status=Status.RUNNING, heartbeat=now
     ):
         return "cancel"
@@ -268,21 +276,29 @@ def training_run(*, job_id: int) -> str:
     try:
         images, listing = training_images(image_sets=job.image_sets.all(), resolution=job.resolution)
         outcome = training_loop(
-            params=params, images=images, folder=job_folder(job), until=job.steps, on_step=_reporter(job_id)
+            params=params,
+            images=images,
+            folder=job_folder(job),
+            until=job.steps,
+            on_step=_reporter(job_id, attempt),
         )
-        _report(job_id, outcome.step, outcome.losses)
+        _report(job_id, attempt, outcome.step, outcome.losses)
         if outcome.stopped == "done":
             _finish(job, outcome, listing)
         return outcome.stopped
     except SoftTimeLimitExceeded:
-        _fail(job_id, "One training step ran past the task's soft time limit; the last checkpoint is kept.")
+        _fail(
+            job_id,
+            attempt,
+            "One training step ran past the task's soft time limit; the last checkpoint is kept.",
+        )
         return "cancel"
     except Exception as exc:
-        _fail(job_id, f"Training failed: {type(exc).__name__}: {exc}")
+        _fail(job_id, attempt, f"Training failed: {type(exc).__name__}: {exc}")
         raise
 
 
-def _reporter(job_id: int):
+def _reporter(job_id: int, attempt: int):
     """The loop's on_step: reads cancel every step, writes progress about once a second,
     and asks for a pause once this task has run for TRAINING_SLICE_SECONDS."""
     deadline = time.monotonic() + settings.TRAINING_SLICE_SECONDS
@@ -290,22 +306,24 @@ def _reporter(job_id: int):
 
     def on_step(step: int, losses: list) -> str:
         nonlocal last
-        if not TrainingJob.objects.filter(pk=job_id, status=Status.RUNNING).exists():
+        if not TrainingJob.objects.filter(pk=job_id, attempt=attempt, status=Status.RUNNING).exists():
             return "cancel"
         if time.monotonic() - last >= REPORT_SECONDS:
-            _report(job_id, step, losses)
+            _report(job_id, attempt, step, losses)
             last = time.monotonic()
         return "pause" if time.monotonic() > deadline else "go"
 
     return on_step
 
 
-def _report(job_id: int, step: int, losses: list) -> None:
-    TrainingJob.objects.filter(pk=job_id).update(step=step, loss_history=losses, heartbeat=timezone.now())
+def _report(job_id: int, attempt: int, step: int, losses: list) -> None:
+    TrainingJob.objects.filter(pk=job_id, attempt=attempt).update(
+        step=step, loss_history=losses, heartbeat=timezone.now()
+    )
 
 
-def _fail(job_id: int, message: str) -> None:
-    TrainingJob.objects.filter(pk=job_id, status__in=[Status.QUEUED, Status.RUNNING]).update(
+def _fail(job_id: int, attempt: int, message: str) -> None:
+    TrainingJob.objects.filter(pk=job_id, attempt=attempt, status__in=[Status.QUEUED, Status.RUNNING]).update(
         status=Status.FAILED, error=message[:4000], finished=timezone.now()
     )
 
@@ -341,7 +359,7 @@ def _finish(job: TrainingJob, outcome: Outcome, listing: list[dict]) -> None:
             scheduler="ddim",  # 50 DDIM steps draw what 1000 DDPM steps would, twenty times faster
             steps=50,
         )
-        TrainingJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(
+        TrainingJob.objects.filter(pk=job.pk, attempt=job.attempt, status=Status.RUNNING).update(
             status=Status.DONE, model=model, record=_plain(record), finished=timezone.now()
         )
     # The checkpoints served their purpose: the registered folder holds the result.

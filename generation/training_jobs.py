@@ -5,8 +5,11 @@ The worker side is generation/training.py; this module imports no torch.
 
 import math
 from dataclasses import dataclass
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from analysis.cells import formula_refusal
@@ -97,6 +100,55 @@ def training_cancel(*, job: TrainingJob) -> bool:
             status=Status.CANCELLED, finished=timezone.now()
         )
     )
+
+
+def training_retry(*, job: TrainingJob) -> bool:
+    """Queue a failed or cancelled job again; it resumes from its last checkpoint.
+
+    The attempt goes up, so a task of the earlier attempt still on its way stands down.
+    """
+    with transaction.atomic():
+        retried = TrainingJob.objects.filter(pk=job.pk, status__in=[Status.FAILED, Status.CANCELLED]).update(
+            status=Status.QUEUED, attempt=F("attempt") + 1, error="", finished=None
+        )
+        if retried:
+            job.refresh_from_db()
+            train.delay_on_commit(job.pk, job.attempt)
+    return bool(retried)
+
+
+# The sweep resumes a silent job this many times; then it fails it (a job that kills its worker).
+MAX_RESUMES = 3
+
+
+def training_sweep() -> int:
+    """Resume running jobs that no worker has touched for longer than any task may run.
+
+    A worker killed with its task (out of memory, a lost host) leaves the job 'running';
+    the broker may hand the task on only much later, or never (the embedded broker).
+    The sweep queues it again under a new attempt, resuming from its last checkpoint,
+    at most MAX_RESUMES times. Run by Celery beat (config/celery.py), never by a page.
+    """
+    silence = settings.CELERY_TASK_TIME_LIMIT + 60
+    limit = timezone.now() - timedelta(seconds=silence)
+    swept = 0
+    for job in TrainingJob.objects.filter(status=Status.RUNNING, heartbeat__lt=limit):
+        stale = TrainingJob.objects.filter(
+            pk=job.pk, attempt=job.attempt, status=Status.RUNNING, heartbeat__lt=limit
+        )
+        if job.resumes >= MAX_RESUMES:
+            swept += stale.update(
+                status=Status.FAILED,
+                finished=timezone.now(),
+                error=f"No worker has worked on this job for over {silence} s, {job.resumes + 1} times; "
+                "it may kill its worker (out of memory?). Retry resumes it from its last checkpoint.",
+            )
+            continue
+        with transaction.atomic():
+            if stale.update(status=Status.QUEUED, attempt=F("attempt") + 1, resumes=F("resumes") + 1):
+                swept += 1
+                train.delay_on_commit(job.pk, job.attempt + 1)
+    return swept
 
 
 @dataclass(frozen=True)

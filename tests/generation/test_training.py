@@ -149,7 +149,9 @@ def test_train_wait_trains_in_slices_on_a_real_worker_exactly_and_the_model_gene
     assert record["images"][0]["png_sha256"] == image_set.images.order_by("pk")[0].png_sha256
     assert record["hyperparameters"] == {
         "method": "unconditional", "steps": 4, "batch_size": 2, "learning_rate": 1e-3, "resolution": 32,
-        "seed": 3, "width": 8, "checkpoint_every": 3, "mixed_precision": "no",
+        "seed": 3, "width": 8, "checkpoint_every": 3, "mixed_precision": "no", "ema": False,
+        "snr_gamma": None, "rank": 4, "prompt_template": "chest x-ray, {finding}",
+        "train_text_encoder": False, "preview_every": 0,
     }  # fmt: skip
     assert record["loss_history"] == job.loss_history and record["torch"] == torch.__version__
     params = Params(
