@@ -1,7 +1,11 @@
 """`python manage.py demo`: set up the demo, then run the web server and a worker.
 
-Ctrl-C (or SIGTERM) stops both. If either one stops by itself, the other is
-stopped too and the command fails, so a half-running demo is never left behind.
+The worker trains the demo's model first (a training job, watched in the admin),
+and the command, which stays beside its two children, then takes the demo study
+through prepare and open as the worker finishes each step; the site answers all
+along. Ctrl-C (or SIGTERM) stops both children. If either one stops by itself, the
+other is stopped too and the command fails, so a half-running demo is never left
+behind.
 """
 
 import signal
@@ -15,43 +19,65 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from config.celery import worker_command
+from generation.models import TrainingJob
+from generation.training_jobs import training_progress
 from studies.demo import (
     DEMO_MODEL,
-    DEMO_MODEL_IMAGES,
     DEMO_PHANTOM_COUNT,
     DEMO_PHANTOM_SET,
+    DEMO_STUDY,
+    DEMO_TRAINING_FIRST_SEED,
+    DEMO_TRAINING_PHANTOM_SIZE,
+    DEMO_TRAINING_SET,
+    DemoTraining,
     demo_accounts_ensure,
-    demo_model_ensure,
-    demo_study_ensure,
+    demo_job,
+    demo_study_advance,
+    demo_training_ensure,
 )
-from studies.models import ImageSet
+from studies.models import ImageSet, Study
+
+# How often the command looks at the demo's progress, and prints the training's.
+ADVANCE_SECONDS = 1.0
+PRINT_SECONDS = 15.0
 
 
 class Command(BaseCommand):
-    help = "Prepare the demo (database, accounts) and run the web server and a Celery worker."
+    help = (
+        "Prepare the demo (database, accounts, phantoms, the model's training) "
+        "and run the web server and a worker."
+    )
 
     def add_arguments(self, parser):
+        default = DemoTraining()
         parser.add_argument("--addr", default="127.0.0.1:8000", help="host:port for the web server")
         parser.add_argument("--setup-only", action="store_true", help="prepare everything, start nothing")
+        parser.add_argument(
+            "--training-steps", type=int, default=default.steps,
+            help=f"steps of the demo model's training (default {default.steps})",
+        )  # fmt: skip
+        parser.add_argument(
+            "--training-phantoms", type=int, default=default.phantoms,
+            help=f"phantoms to train it on (default {default.phantoms})",
+        )  # fmt: skip
 
-    def handle(self, *args, addr, setup_only, **options):
+    def handle(self, *args, addr, setup_only, training_steps, training_phantoms, **options):
+        training = DemoTraining(steps=training_steps, phantoms=training_phantoms)
         call_command("migrate", interactive=False, verbosity=0)
         accounts = demo_accounts_ensure(credentials_path=settings.VAR_DIR / "demo_accounts.json")
-        existing = ImageSet.objects.filter(name=DEMO_PHANTOM_SET).first()
-        if existing is None or existing.images.count() < DEMO_PHANTOM_COUNT:
-            self.stdout.write(f"Making {DEMO_PHANTOM_COUNT} phantom radiographs for the demo...")
-            call_command(
-                "make_phantoms", set_name=DEMO_PHANTOM_SET, count=DEMO_PHANTOM_COUNT, stdout=self.stdout
-            )
-        self.stdout.write("Making the demo model's images and the demo study...")
-        demo_model_ensure(models_root=settings.MODELS_ROOT)
-        readers = get_user_model().objects.filter(
-            username__in=[a.username for a in accounts if a.role == "reader"]
+        self.phantoms_ensure(DEMO_PHANTOM_SET, count=DEMO_PHANTOM_COUNT, seed=0)
+        self.phantoms_ensure(
+            DEMO_TRAINING_SET,
+            count=training.phantoms,
+            seed=DEMO_TRAINING_FIRST_SEED,
+            size=DEMO_TRAINING_PHANTOM_SIZE,
         )
-        researcher = get_user_model().objects.filter(
+        job = demo_training_ensure(training=training)
+        User = get_user_model()
+        self.readers = User.objects.filter(username__in=[a.username for a in accounts if a.role == "reader"])
+        self.researcher = User.objects.filter(
             is_staff=True, username__in=[a.username for a in accounts]
-        )
-        demo_study_ensure(readers=readers, researcher=researcher.first())
+        ).first()
         url = f"http://{addr}/"
         out = self.stdout
         out.write("")
@@ -61,8 +87,11 @@ class Command(BaseCommand):
         out.write(
             "  NOT clinical radiographs. Import your own with: python manage.py import_images --set NAME PATH"
         )
-        out.write(f"  Synthetic images: {DEMO_MODEL_IMAGES} made by the model {DEMO_MODEL!r}.")
-        out.write("  Its weights are random, so its images are noise.")
+        out.write(f"  Synthetic images: made by the model {DEMO_MODEL!r}, a small DDPM that the worker")
+        out.write(f"  trains on the CPU on the {training.phantoms} other phantoms of {DEMO_TRAINING_SET!r}.")
+        if job is not None:
+            out.write(f"  Watch its training ({job.steps} steps) in the admin:")
+            out.write(f"    {url}admin/generation/trainingjob/{job.pk}/change/")
         out.write("  Log in as reader1 or reader2 and open the demo study to label images (R, F, U).")
         out.write("  Accounts (saved in var/demo_accounts.json):")
         for account in accounts:
@@ -72,6 +101,7 @@ class Command(BaseCommand):
             return
         out.write("Starting the web server and a Celery worker. Press Ctrl-C to stop both.")
         self.flush()
+        self.said, self.printed, self.stuck = "", 0.0, False
         self.supervise(
             {
                 "web": [sys.executable, "manage.py", "runserver", addr, "--noreload"],
@@ -79,8 +109,51 @@ class Command(BaseCommand):
             }
         )
 
+    def phantoms_ensure(self, name: str, *, count: int, seed: int, size: int = 1024) -> None:
+        existing = ImageSet.objects.filter(name=name).first()
+        if existing is None or existing.images.count() < count:
+            self.stdout.write(f"Making {count} phantom radiographs for the demo ({name!r})...")
+            call_command(
+                "make_phantoms", set_name=name, count=count, seed=seed, size=size, stdout=self.stdout
+            )
+
     def flush(self):
         self.stdout.flush()
+
+    def advance(self) -> None:
+        """One look at the demo: print the training's progress, move the study on when it can go."""
+        if self.stuck:
+            return
+        try:
+            study = demo_study_advance(readers=self.readers, researcher=self.researcher)
+        except Exception as exc:  # the site stays up; the admin shows the study and its job
+            self.stuck = True
+            self.stderr.write(f"The demo study could not go on: {exc}")
+            return
+        if study is None:
+            job = demo_job()
+            if job is not None and job.status in (TrainingJob.Status.FAILED, TrainingJob.Status.CANCELLED):
+                self.stuck = True
+                self.stderr.write(f"The demo model's training {job.status}: {job.error or 'no message'}. "
+                                  "Retry it in the admin, or run the demo again.")  # fmt: skip
+            elif job is not None and time.monotonic() - self.printed >= PRINT_SECONDS:
+                self.printed = time.monotonic()
+                self.say(training_line(job))
+            return
+        if study.status == Study.Status.OPEN:
+            self.say(opened_line(study))
+            self.stuck = True  # nothing more to do
+        else:
+            self.say(
+                f"The demo model is trained; the worker makes its images and draws the study "
+                f"({study.status})."
+            )
+
+    def say(self, line: str) -> None:
+        if line != self.said:
+            self.said = line
+            self.stdout.write(line)
+            self.flush()
 
     def supervise(self, commands: dict[str, list[str]]) -> None:
         stopping = False
@@ -98,11 +171,15 @@ class Command(BaseCommand):
             for name, argv in commands.items()
         }
         failed = None
+        looked = 0.0
         while not stopping:
             for name, child in children.items():
                 if child.poll() is not None:
                     failed = f"The {name} stopped by itself (exit code {child.returncode})."
                     stopping = True
+            if not stopping and time.monotonic() - looked >= ADVANCE_SECONDS:
+                looked = time.monotonic()
+                self.advance()
             time.sleep(0.2)
         for child in children.values():
             if child.poll() is None:
@@ -117,3 +194,23 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(f"{failed} Stopped the demo; see the messages above.")
         self.stdout.write("Stopped the web server and the worker.")
+
+
+def training_line(job: TrainingJob) -> str:
+    progress = training_progress(job)
+    if job.status == TrainingJob.Status.QUEUED or not progress.step:
+        return f"Training the demo model: waiting for the worker ({job.steps} steps to go)."
+    loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
+    left = f", about {progress.seconds_left / 60:.1f} min left" if progress.seconds_left else ""
+    return f"Training the demo model: step {progress.step} of {progress.total}{loss}{left}."
+
+
+def opened_line(study: Study) -> str:
+    if study.override_reason:
+        audit = (
+            "The blinding audit warns, and the demo opened it anyway with this reason: "
+            + study.override_reason
+        )
+    else:
+        audit = "The blinding audit found no shortcut."
+    return f"The demo study {DEMO_STUDY!r} is open: log in as reader1 or reader2 to label its images. {audit}"
