@@ -184,6 +184,29 @@ def demo_override(audit_report: dict) -> str:
     )
 
 
+def demo_generation_resume() -> int:
+    """Queue again the demo study's generation jobs that a demo stopped midway left unfinished.
+
+    Run before the demo starts its worker, its only worker: a chunk taken from the
+    embedded broker by a worker that was stopped is not delivered again. Only the
+    images still missing are made. Returns how many jobs were queued again.
+    """
+    from generation.jobs import job_cancel, job_retry
+    from generation.models import GenerationJob
+
+    from .models import Study, StudyModel
+
+    resumed = 0
+    waited_on = StudyModel.objects.filter(study__title=DEMO_STUDY, study__status=Study.Status.PREPARING)
+    unfinished = GenerationJob.objects.filter(
+        pk__in=waited_on.values("job"), status__in=[GenerationJob.Status.QUEUED, GenerationJob.Status.RUNNING]
+    )
+    for job in unfinished:
+        job_cancel(job=job)
+        resumed += job_retry(job=job)
+    return resumed
+
+
 def demo_study_advance(*, readers, researcher=None):
     """Take the demo study one step further if it can go; the study, or None while the model trains.
 

@@ -18,15 +18,18 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from generation.models import GenerativeModel, TrainingJob
+from generation.models import GenerationJob, GenerativeModel, TrainingJob
 from studies.demo import (
     DEMO_MODEL,
+    DEMO_STUDY,
     DEMO_TRAINING_SET,
     DemoTraining,
     demo_accounts_ensure,
+    demo_generation_resume,
     demo_training_ensure,
 )
-from tests.studies.study_fixtures import make_real_set
+from studies.models import Study, StudyModel
+from tests.studies.study_fixtures import fixture_version, make_real_set
 
 
 @pytest.mark.django_db
@@ -80,6 +83,23 @@ def test_the_demo_launches_its_training_once_and_resumes_one_an_earlier_demo_lef
     )
     assert demo_training_ensure(training=training) is None
     assert TrainingJob.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_the_demo_queues_again_the_generation_its_study_waited_on_when_it_was_stopped():
+    version = fixture_version(DEMO_MODEL)
+    job = GenerationJob.objects.create(version=version, count=13, status="running")
+    study = Study.objects.create(title=DEMO_STUDY, status="preparing", real_count=12)
+    StudyModel.objects.create(study=study, model=version.model, version=version, count=12, job=job)
+    other = Study.objects.create(title="Another study", status="preparing", real_count=12)
+    elsewhere = GenerationJob.objects.create(version=version, count=5, status="running")
+    StudyModel.objects.create(study=other, model=version.model, version=version, count=5, job=elsewhere)
+    assert demo_generation_resume() == 1
+    job.refresh_from_db()
+    elsewhere.refresh_from_db()
+    assert (job.status, job.attempt) == ("queued", 2)
+    assert (elsewhere.status, elsewhere.attempt) == ("running", 1)
+    assert demo_generation_resume() == 1  # still unfinished: a demo started again queues it again
 
 
 def free_port() -> int:

@@ -31,6 +31,7 @@ from studies.demo import (
     DEMO_TRAINING_SET,
     DemoTraining,
     demo_accounts_ensure,
+    demo_generation_resume,
     demo_job,
     demo_study_advance,
     demo_training_ensure,
@@ -73,6 +74,7 @@ class Command(BaseCommand):
             size=DEMO_TRAINING_PHANTOM_SIZE,
         )
         job = demo_training_ensure(training=training)
+        demo_generation_resume()
         User = get_user_model()
         self.readers = User.objects.filter(username__in=[a.username for a in accounts if a.role == "reader"])
         self.researcher = User.objects.filter(
