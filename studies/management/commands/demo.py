@@ -103,7 +103,7 @@ class Command(BaseCommand):
             return
         out.write("Starting the web server and a Celery worker. Press Ctrl-C to stop both.")
         self.flush()
-        self.said, self.printed, self.stuck = "", 0.0, False
+        self.said, self.printed, self.finished = "", 0.0, False
         self.supervise(
             {
                 "web": [sys.executable, "manage.py", "runserver", addr, "--noreload"],
@@ -124,27 +124,26 @@ class Command(BaseCommand):
 
     def advance(self) -> None:
         """One look at the demo: print the training's progress, move the study on when it can go."""
-        if self.stuck:
+        if self.finished:
             return
         try:
             study = demo_study_advance(readers=self.readers, researcher=self.researcher)
-        except Exception as exc:  # the site stays up; the admin shows the study and its job
-            self.stuck = True
-            self.stderr.write(f"The demo study could not go on: {exc}")
+        except Exception as exc:  # the site stays up; tried again next time (a busy SQLite, say)
+            self.say(f"The demo study cannot go on yet: {type(exc).__name__}: {exc}")
             return
         if study is None:
             job = demo_job()
             if job is not None and job.status in (TrainingJob.Status.FAILED, TrainingJob.Status.CANCELLED):
-                self.stuck = True
-                self.stderr.write(f"The demo model's training {job.status}: {job.error or 'no message'}. "
-                                  "Retry it in the admin, or run the demo again.")  # fmt: skip
+                # Said once; a Retry in the admin (or the next demo) takes it up again.
+                self.say(f"The demo model's training {job.status}: {job.error or 'no message'}. "
+                         "Retry it in the admin, or run the demo again.")  # fmt: skip
             elif job is not None and time.monotonic() - self.printed >= PRINT_SECONDS:
                 self.printed = time.monotonic()
                 self.say(training_line(job))
             return
         if study.status == Study.Status.OPEN:
             self.say(opened_line(study))
-            self.stuck = True  # nothing more to do
+            self.finished = True  # nothing more to do
         else:
             self.say(
                 f"The demo model is trained; the worker makes its images and draws the study "
