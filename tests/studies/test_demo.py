@@ -102,6 +102,20 @@ def test_the_demo_queues_again_the_generation_its_study_waited_on_when_it_was_st
     assert demo_generation_resume() == 1  # still unfinished: a demo started again queues it again
 
 
+def test_the_demo_refuses_a_training_it_cannot_run_before_starting_anything(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "demo", "--setup-only", "--training-phantoms", "8"],
+        cwd=settings.BASE_DIR,
+        env=demo_environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "The demo model cannot be trained: the batch of 16 needs at least as many images" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from config.celery import worker_command
 from generation.models import TrainingJob
-from generation.training_jobs import training_progress
+from generation.training_jobs import TrainingRefused, training_progress
 from studies.demo import (
     DEMO_MODEL,
     DEMO_PHANTOM_COUNT,
@@ -73,7 +73,10 @@ class Command(BaseCommand):
             seed=DEMO_TRAINING_FIRST_SEED,
             size=DEMO_TRAINING_PHANTOM_SIZE,
         )
-        job = demo_training_ensure(training=training)
+        try:
+            job = demo_training_ensure(training=training)
+        except TrainingRefused as refusal:
+            raise CommandError(f"The demo model cannot be trained: {refusal}.") from refusal
         demo_generation_resume()
         User = get_user_model()
         self.readers = User.objects.filter(username__in=[a.username for a in accounts if a.role == "reader"])
