@@ -7,13 +7,13 @@ encoder when asked). The loop, checkpoints and the job are in generation/trainin
 """
 
 import contextlib
-import functools
 from pathlib import Path
 
 import diffusers
 import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
 from diffusers.training_utils import compute_snr
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -189,6 +189,8 @@ class StableDiffusion(Trainee):
     to the VAE's channels), the tokenizer and text encoder make the prompt's conditioning."""
 
     def __init__(self, params, images: torch.Tensor, prompts: list[str], base_path: str, device: str):
+        for library_logging in (diffusers.utils.logging, transformers.utils.logging):
+            library_logging.disable_progress_bar()  # they would fill the worker's log
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(base_path, local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
         self.own_scheduler = pipe.scheduler
@@ -218,6 +220,7 @@ class StableDiffusion(Trainee):
         self.pipeline = pipe
         self.images = images
         self.prompts = prompts
+        self.encoded: dict[str, torch.Tensor] = {}
         self.device = device
 
     def predict(self, chosen, generator):
@@ -247,11 +250,12 @@ class StableDiffusion(Trainee):
             mask = tokens.attention_mask.to(self.device)
         return pipe.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
 
-    @functools.cache  # noqa: B019 (one trainee per loop: the cache goes with it)
     def _encoded(self, prompt: str) -> torch.Tensor:
         # A frozen encoder gives each prompt the same states every step: computed once, in float32.
-        with torch.no_grad(), torch.autocast(self.device, enabled=False):
-            return self._encode((prompt,))
+        if prompt not in self.encoded:
+            with torch.no_grad(), torch.autocast(self.device, enabled=False):
+                self.encoded[prompt] = self._encode((prompt,))
+        return self.encoded[prompt]
 
     def preview_prompts(self) -> list[str]:
         distinct = list(dict.fromkeys(self.prompts))
