@@ -129,7 +129,7 @@ def training_sweep() -> int:
     The sweep queues it again under a new attempt, resuming from its last checkpoint,
     at most MAX_RESUMES times. Run by Celery beat (config/celery.py), never by a page.
     """
-    silence = settings.CELERY_TASK_TIME_LIMIT + 60
+    silence = settings.TRAINING_SILENCE_SECONDS
     limit = timezone.now() - timedelta(seconds=silence)
     swept = 0
     for job in TrainingJob.objects.filter(status=Status.RUNNING, heartbeat__lt=limit):
