@@ -7,15 +7,23 @@ copy is the same picture, and the same file imported into two sets is two rows
 with one source. The draw keeps every study's practice apart from every other
 study's scored images, whoever reads them (readers can join later); the checks at
 "add reader" and "open" catch what was drawn before that rule, or at the same time.
+
+Nor is a patient shown as real beside a model's copy of them: a model fine-tuned
+on a radiograph can reproduce it, so a study's real images leave out whatever a
+model under study (or a model it was fine-tuned from) was trained on, and the
+audit lists any that a study holds all the same (drawn before the training record).
 """
 
 import random
 from collections import Counter
 from dataclasses import dataclass
+from functools import reduce
+from operator import or_
 
 from django.db.models import QuerySet
 
 from .models import Image, Study, StudyImage, StudyReader
+from .selectors import Learnt, study_training_images
 
 
 def _drawn() -> QuerySet[StudyImage]:
@@ -75,6 +83,17 @@ def pool_of(*, study: Study, images: QuerySet[Image]) -> Pool:
     )
 
 
+def trained_sources(images: QuerySet[Image], learnt: list[Learnt]) -> set[str]:
+    """The sources of `images` that a model learnt from (by row, source or reader PNG): every copy goes."""
+    if not learnt:
+        return set()
+    return set(
+        images.filter(reduce(or_, (each.matches() for each in learnt))).values_list(
+            "source_sha256", flat=True
+        )
+    )
+
+
 @dataclass(frozen=True)
 class Overlap:
     """Images that are practice in one study (their truth shown) and scored in another (or the same)."""
@@ -126,6 +145,35 @@ def overlaps(*, practice_in, scored_in) -> list[Overlap]:
     return [
         Overlap(practice_study=studies[p], scored_study=studies[s], images=n)
         for (p, s), n in sorted(counts.items())
+    ]
+
+
+@dataclass(frozen=True)
+class TrainingOverlap:
+    """A real image of a study that a model under study was trained on."""
+
+    image: Image
+    practice: bool
+    learnt: Learnt
+
+    def as_dict(self) -> dict:
+        return {
+            "image": self.image.pk,
+            "source_name": self.image.source_name,
+            "practice": self.practice,
+            "model": self.learnt.model,
+            "trained": self.learnt.trained,
+            "text": f"image {self.image.pk} trained {self.learnt.label}",
+        }
+
+
+def training_overlaps(study: Study) -> list[TrainingOverlap]:
+    """The study's real images (practice too) that a model under study learnt from, by model and image."""
+    rows = study.images.filter(image__origin=Image.Origin.REAL).select_related("image").order_by("image_id")
+    return [
+        TrainingOverlap(image=row.image, practice=row.practice, learnt=learnt)
+        for learnt in study_training_images(study)
+        for row in rows.filter(learnt.matches("image__"))
     ]
 
 
