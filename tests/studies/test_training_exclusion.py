@@ -7,6 +7,7 @@ finished training job leaves them; the training itself is tested in tests/genera
 import uuid
 
 import pytest
+from playwright.sync_api import expect
 
 from generation.models import GeneratedImage, GenerativeModel, TrainingJob
 from studies.images import image_build
@@ -206,3 +207,49 @@ def test_the_audit_lists_real_images_a_model_was_trained_on_after_the_study_was_
         study_open(study=study, user=researcher)
     study.refresh_from_db()
     assert study.status == Study.Status.READY
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_the_study_page_shows_the_overlap_after_preparation_and_the_refusal_on_prepare(tabs, researcher):
+    real_set, model = radiographs("PACS export", 8), arm_model("cxr-lora")
+    study = design("Realism", [real_set], model)
+    tab = tabs()
+    page = tab.page
+    page.goto(f"{tab.base_url}/admin/login/?next=/admin/studies/study/{study.pk}/change/")
+    page.get_by_label("Username").fill("researcher")
+    page.get_by_label("Password").fill("researcher-pass")
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("button", name="Prepare").click()
+    expect(page.get_by_text("Preparing: missing images are being generated.")).to_be_visible()
+    study_preparation_check(study=study)  # what a worker does next
+    page.reload()
+    current = page.get_by_role("list", name="Life of the study").locator("[aria-current=step]")
+    expect(current).to_have_text("Ready")
+
+    # The model's training record arrives after the draw: it learnt from the 4 real images drawn, and 2 more.
+    drawn = real_drawn(study)
+    trained(model, [*Image.objects.filter(pk__in=drawn), *real_set.images.exclude(pk__in=drawn)[:2]])
+    page.get_by_role("button", name="Run the audit again").click()
+    expect(page.get_by_text("4 real images of “Realism” trained ‘cxr-lora’ (images")).to_be_visible()
+    listed = page.get_by_role("table", name="Real images that a model under study was trained on")
+    expect(listed.locator("tbody tr")).to_have_count(4)
+    shown = {int(text) for text in listed.locator("tbody td:nth-child(1)").all_inner_texts()}
+    assert shown == drawn
+    assert set(listed.locator("tbody td:nth-child(3)").all_inner_texts()) == {"cxr-lora"}
+    study.refresh_from_db()
+    assert {row["image"] for row in study.audit_report["trained_on"]} == drawn
+
+    # A new draw leaves them out: 2 remain of the 8, and the study needs 4.
+    page.get_by_role("button", name="Back to draft").click()
+    expect(current).to_have_text("Draft")
+    page.get_by_role("button", name="Prepare").click()
+    expect(
+        page.get_by_text(
+            "Cannot prepare: 4 real radiographs are wanted (3 for the study, 1 for practice) but the chosen "
+            "sets hold 8, of which 6 trained a model under study (6 trained ‘cxr-lora’) and are never shown "
+            "as real; 2 remain."
+        )
+    ).to_be_visible()
+    study.refresh_from_db()
+    assert study.status == Study.Status.DRAFT and not study.images.exists()
