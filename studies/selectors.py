@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, Max, Q
 from django.http import Http404
 
-from generation.models import TrainingJob
+from generation.models import GenerativeModel, TrainingJob
 
 from .models import Presentation, Study, StudyImage, StudyReader
 
@@ -222,26 +222,30 @@ def study_training_images(study: Study) -> list[Learnt]:
     Only finished jobs count: they alone registered a model. A model fine-tuned
     from another inherits everything its base (and the base's base) learnt.
     """
-    found = []
-    names = study.arms.order_by("model__name").values_list("model_id", "model__name")
-    for model_id, name in names:
-        seen: set[int] = set()
-        chain = [model_id]
-        while chain:
-            current = chain.pop(0)
-            if current in seen:
-                continue
-            seen.add(current)
-            jobs = TrainingJob.objects.filter(model=current, status=TrainingJob.Status.DONE)
-            images = []
-            for record, base_id in jobs.order_by("pk").values_list("record", "base_id"):
-                images += (record or {}).get("images", [])
-                if base_id is not None:
-                    chain.append(base_id)
-            if images:
-                trained = jobs.values_list("model__name", flat=True).first()
-                found.append(_learnt(name, trained, images))
-    return found
+    arms = study.arms.order_by("model__name").values_list("model_id", "model__name")
+    return [
+        _learnt(name, trained, images)
+        for model_id, name in arms
+        for trained, images in _lineage(model_id)
+        if images
+    ]
+
+
+def _lineage(model_id: int):
+    """(name, training images) of a model and of each model it was fine-tuned from, nearest first."""
+    seen: set[int] = set()
+    chain = [model_id]
+    while chain:
+        current = chain.pop(0)
+        if current in seen:  # a cycle of bases cannot be made by training, but costs nothing to stop
+            continue
+        seen.add(current)
+        jobs = TrainingJob.objects.filter(model=current, status=TrainingJob.Status.DONE).order_by("pk")
+        images: list[dict] = []
+        for record, base_id in jobs.values_list("record", "base_id"):
+            images += (record or {}).get("images", [])
+            chain += [base_id] if base_id is not None else []
+        yield GenerativeModel.objects.get(pk=current).name, images
 
 
 def _learnt(model: str, trained: str, images: list[dict]) -> Learnt:
