@@ -94,6 +94,14 @@ def trained_sources(images: QuerySet[Image], learnt: list[Learnt]) -> set[str]:
     )
 
 
+def trained_counts(images: QuerySet[Image], learnt: list[Learnt]) -> tuple[int, str]:
+    """How many sources of `images` the models learnt from, and how many each ('' when none)."""
+    total = len(trained_sources(images, learnt))
+    if not total:
+        return 0, ""
+    return total, "; ".join(f"{len(trained_sources(images, [each]))} trained {each.label}" for each in learnt)
+
+
 @dataclass(frozen=True)
 class Overlap:
     """Images that are practice in one study (their truth shown) and scored in another (or the same)."""
@@ -175,6 +183,23 @@ def training_overlaps(study: Study) -> list[TrainingOverlap]:
         for learnt in study_training_images(study)
         for row in rows.filter(learnt.matches("image__"))
     ]
+
+
+def training_problems(study: Study, found: list[TrainingOverlap]) -> list[str]:
+    """The audit's warnings for these overlaps, one per model, naming the images."""
+    by_model: dict[str, list[int]] = {}
+    for overlap in found:
+        by_model.setdefault(overlap.learnt.label, []).append(overlap.image.pk)
+    problems = []
+    for label, ids in by_model.items():
+        n, s = len(ids), "s" if len(ids) != 1 else ""
+        named = ", ".join(map(str, ids[:10])) + (f" and {n - 10} more" if n > 10 else "")
+        problems.append(
+            f"{n} real image{s} of “{study}” trained {label} (image{s} {named}): "
+            "readers would compare a patient with the model's copy of them; "
+            "a study not yet open leaves them out when sent back to draft and prepared again"
+        )
+    return problems
 
 
 def study_overlaps(study: Study) -> list[Overlap]:

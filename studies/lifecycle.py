@@ -19,7 +19,16 @@ from PIL import Image as PILImage
 
 from generation.models import GenerationJob, ModelVersion
 
-from .blinding import Pool, pool_of, reader_problem, study_overlaps, trained_sources, training_overlaps
+from .blinding import (
+    Pool,
+    pool_of,
+    reader_problem,
+    study_overlaps,
+    trained_counts,
+    trained_sources,
+    training_overlaps,
+    training_problems,
+)
 from .images import file_write
 from .imaging.normalise import normalise
 from .models import Image, ImageSet, Presentation, Study, StudyImage, StudyModel, StudyReader
@@ -86,8 +95,8 @@ def _real_shortage(study: Study, real_practice: int) -> str:
         f"{study.real_count + real_practice} real radiographs are wanted ({study.real_count} for the study, "
         f"{real_practice} for practice) but the chosen sets hold "
     )
-    if trained := _trained_counts(study):
-        total, per_model = trained
+    total, per_model = trained_counts(_real_images(study), study_training_images(study))
+    if total:
         remain = (
             f"of the {distinct} that remain, {taken}" if distinct > len(pool.free) else f"{distinct} remain"
         )
@@ -96,17 +105,6 @@ def _real_shortage(study: Study, real_practice: int) -> str:
             f"and {'is' if total == 1 else 'are'} never shown as real; {remain}"
         )
     return wanted + f"{distinct}" + (f", of which {taken}" if distinct > len(pool.free) else "")
-
-
-def _trained_counts(study: Study) -> tuple[int, str] | None:
-    """How many of the sets' radiographs (one per source) the models learnt from, and from whom."""
-    images = _real_images(study)
-    learnt = study_training_images(study)
-    total = len(trained_sources(images, learnt))
-    if not total:
-        return None
-    per_model = "; ".join(f"{len(trained_sources(images, [each]))} trained {each.label}" for each in learnt)
-    return total, per_model
 
 
 def _check_design(study: Study) -> None:
@@ -325,24 +323,10 @@ def study_audit(study: Study):
             f"{overlap.describe()}: {who} would be told the truth of images they score, and are refused; "
             "a study not yet open draws other images when sent back to draft and prepared again"
         )
-    _training_problems(study, report)
-    return report
-
-
-def _training_problems(study: Study, report) -> None:
     found = training_overlaps(study)
     report.trained_on = [overlap.as_dict() for overlap in found]
-    by_model: dict[str, list[int]] = {}
-    for overlap in found:
-        by_model.setdefault(overlap.learnt.label, []).append(overlap.image.pk)
-    for label, ids in by_model.items():
-        n, s = len(ids), "s" if len(ids) != 1 else ""
-        named = ", ".join(map(str, ids[:10])) + (f" and {n - 10} more" if n > 10 else "")
-        report.problems.append(
-            f"{n} real image{s} of “{study}” trained {label} (image{s} {named}): "
-            "readers would compare a patient with the model's copy of them; "
-            "a study not yet open leaves them out when sent back to draft and prepared again"
-        )
+    report.problems += training_problems(study, found)
+    return report
 
 
 @transaction.atomic
