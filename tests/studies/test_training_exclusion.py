@@ -4,9 +4,11 @@ The rule reads training records, so the jobs here are rows with a record, as a
 finished training job leaves them; the training itself is tested in tests/generation.
 """
 
+import io
 import uuid
 
 import pytest
+from django.core.management import CommandError, call_command
 from playwright.sync_api import expect
 
 from generation.models import GeneratedImage, GenerativeModel, TrainingJob
@@ -202,6 +204,10 @@ def test_the_audit_lists_real_images_a_model_was_trained_on_after_the_study_was_
     assert f"2 real images of “Realism” trained ‘cxr-lora’ (images {first}, {second})" in "".join(
         report["problems"]
     )
+    out = io.StringIO()
+    with pytest.raises(CommandError):
+        call_command("audit_blinding", str(study.pk), stdout=out)
+    assert f"trained ‘cxr-lora’ (images {first}, {second})" in out.getvalue()
     # Opening runs the audit again: refused without a recorded reason.
     with pytest.raises(StudyRefused, match="trained ‘cxr-lora’"):
         study_open(study=study, user=researcher)
