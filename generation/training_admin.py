@@ -15,6 +15,7 @@ from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html
+from django.utils.text import capfirst
 from django.views.decorators.http import require_POST
 
 from .forms import TrainingForm
@@ -81,12 +82,20 @@ def training_record(job: TrainingJob | None):
     context = {
         "job": job,
         "record": record,
-        "hyperparameters": list((record.get("hyperparameters") or {}).items()),
+        "hyperparameters": _hyperparameters(record.get("hyperparameters") or {}),
         "libraries": [(name, record[name]) for name in LIBRARIES if name in record],
         "images": record.get("images") or [],
         "curve": loss_curve(record.get("loss_history") or job.loss_history),
     }
     return render_to_string("admin/generation/generativemodel/training_record.html", context)
+
+
+def _hyperparameters(recorded: dict) -> list[tuple[str, object]]:
+    """(label, value) in the job's order (a JSON column keeps no order), then any others."""
+    names = [name for name in TrainingJob.HYPERPARAMETERS if name in recorded]
+    names += sorted(set(recorded) - set(names))
+    labels = {field.name: capfirst(field.verbose_name) for field in TrainingJob._meta.fields}
+    return [(labels.get(name, name), recorded[name]) for name in names]
 
 
 def preview_path(job: TrainingJob, step: int) -> Path:
@@ -195,4 +204,6 @@ class TrainingJobAdmin(admin.ModelAdmin):
             extra["progress"] = training_progress(job)
             extra["curve"] = loss_curve(job.loss_history)
             extra["previews"] = sorted(job.previews, key=lambda p: p.get("step", 0), reverse=True)
+            # Nothing on this page is edited: the admin's Save buttons would only pretend.
+            extra["show_save"] = extra["show_save_and_continue"] = False
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})

@@ -100,8 +100,8 @@ def test_a_researcher_trains_a_model_cancels_retries_and_reads_its_record(tabs, 
     page.locator("p").filter(has_text="Registered as").get_by_role("link", name="admin-trained").click()
     expect(page).to_have_url(f"{tab.base_url}/admin/generation/generativemodel/{model.pk}/change/")
     record = page.locator(".training-record")
-    expect(record.get_by_role("row", name="width")).to_contain_text("8")
-    expect(record.get_by_role("row", name="batch_size")).to_contain_text("2")
+    expect(record.get_by_role("row", name="Width")).to_contain_text("8")
+    expect(record.get_by_role("row", name="Batch size")).to_contain_text("2")
     expect(record.get_by_role("row", name="Device")).to_contain_text("cpu")
     expect(record.get_by_role("row", name="Base model")).to_contain_text("none: trained from scratch")
     expect(record.get_by_role("row", name="torch")).to_be_visible()
@@ -164,7 +164,7 @@ def test_a_jobs_page_shows_its_previews_newest_first(tabs, researcher, settings,
     assert [shown.nth(i).get_attribute("alt") for i in range(2)] == ["preview at step 4", "preview at step 2"]
     for i in range(2):
         assert shown.nth(i).evaluate("img => img.complete && img.naturalWidth") == 64
-    expect(tab.page.get_by_text("Training failed: the test says so")).to_be_visible()
+    expect(tab.page.locator("p.errornote")).to_have_text("Training failed: the test says so")
     expect(tab.page.get_by_role("button", name="Retry")).to_be_visible()
     expect(tab.page.get_by_role("button", name="Cancel")).to_have_count(0)
 
@@ -238,3 +238,16 @@ def test_progress_counts_images_per_second_and_smooths_the_loss(db):
     assert progress.images_per_second == pytest.approx(20 / 8 * 6)
     assert progress.seconds_left == pytest.approx(80 / (20 / 8))
     assert progress.loss == 2.0 and progress.smoothed_loss == pytest.approx(sum(range(1, 21)) / 10 / 20)
+
+
+def test_fine_tune_refuses_a_model_that_is_not_text_to_image(client, researcher):
+    model = GenerativeModel.objects.create(
+        name="ddpm", path="/m", pipeline_class="DDPMPipeline", native_size=32
+    )
+    client.force_login(researcher)
+    response = client.get(f"/admin/generation/generativemodel/{model.pk}/fine-tune/", follow=True)
+    assert response.redirect_chain == [(f"/admin/generation/generativemodel/{model.pk}/change/", 302)]
+    assert "ddpm is a DDPMPipeline; fine-tuning starts from a StableDiffusionPipeline only" in (
+        response.content.decode()
+    )
+    assert not TrainingJob.objects.exists()
