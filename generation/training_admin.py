@@ -67,8 +67,8 @@ def fine_tune_view(model_admin, request, pk):
     if base.pipeline_class not in FINE_TUNABLE:
         messages.error(
             request,
-            f"{base} is a {base.pipeline_class}; fine-tuning starts from a "
-            f"{' or '.join(sorted(FINE_TUNABLE))} only. Train a new unconditional model instead.",
+            f"Fine-tuning starts from a {' or '.join(sorted(FINE_TUNABLE))} only; {base} is a "
+            f"{base.pipeline_class}. Train a new unconditional model instead.",
         )
         return redirect("admin:generation_generativemodel_change", base.pk)
     return training_form_view(model_admin, request, base=base)
