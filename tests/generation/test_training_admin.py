@@ -168,6 +168,21 @@ def test_a_jobs_page_shows_its_previews_newest_first(tabs, researcher, settings,
     expect(tab.page.get_by_role("button", name="Retry")).to_be_visible()
     expect(tab.page.get_by_role("button", name="Cancel")).to_have_count(0)
 
+    # The list retries it too, as an action on the selected jobs.
+    tab.page.get_by_role("link", name="Training jobs").first.click()
+    tab.page.get_by_role("row", name="previewed").get_by_role("checkbox").check()
+    tab.page.locator("select[name=action]").select_option("retry")
+    tab.page.get_by_role("button", name="Go").click()
+    expect(tab.page.get_by_text("1 training job(s) queued again.")).to_be_visible()
+    job.refresh_from_db()
+    assert (job.status, job.attempt, job.error) == ("queued", 2, "")
+    tab.page.get_by_role("row", name="previewed").get_by_role("checkbox").check()
+    tab.page.locator("select[name=action]").select_option("cancel")
+    tab.page.get_by_role("button", name="Go").click()
+    expect(tab.page.get_by_text("1 training job(s) cancelled.")).to_be_visible()
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+
 
 def test_the_preview_view_serves_only_listed_pngs_inside_the_training_root(
     client, researcher, settings, tmp_path
@@ -251,3 +266,51 @@ def test_fine_tune_refuses_a_model_that_is_not_text_to_image(client, researcher)
     page = response.content.decode()
     assert "Fine-tuning starts from a StableDiffusionPipeline only; ddpm is a DDPMPipeline." in page
     assert not TrainingJob.objects.exists()
+
+
+def test_a_running_jobs_page_shows_its_rates_and_refreshes_itself_until_done(client, researcher):
+    started = timezone.now() - timedelta(seconds=20)
+    job = TrainingJob.objects.create(
+        name="live", steps=40, batch_size=4, learning_rate=1e-3, resolution=32, status="running", step=10,
+        started=started, heartbeat=started + timedelta(seconds=10), loss_history=[[9, 0.6], [10, 0.4]],
+    )  # fmt: skip
+    client.force_login(researcher)
+    page = client.get(f"/admin/generation/trainingjob/{job.pk}/change/").content.decode()
+    assert "step 10 of 40" in page and "loss 0.4000 (smoothed 0.5000)" in page
+    assert "1.00 steps/s" in page and "4.0 images/s" in page and "about 30 s left" in page
+    assert 'http-equiv="refresh"' in page and 'name="_save"' not in page
+    assert 'role="img" aria-label="Training loss by step, 2 points up to step 10"' in page
+    TrainingJob.objects.filter(pk=job.pk).update(status="done", finished=started + timedelta(seconds=40))
+    done = client.get(f"/admin/generation/trainingjob/{job.pk}/change/").content.decode()
+    assert 'http-equiv="refresh"' not in done and "s left" not in done
+
+
+def test_a_fine_tuned_models_record_names_its_base_version_prompts_and_peft(client, researcher):
+    base = GenerativeModel.objects.create(
+        name="sd-base", path="/models/sd", pipeline_class="StableDiffusionPipeline", native_size=32
+    )
+    base.versions.create(number=3)
+    model = GenerativeModel.objects.create(
+        name="sd-lora", path="/models/sd", lora_path="/models/lora", pipeline_class="StableDiffusionPipeline",
+        native_size=32,
+    )  # fmt: skip
+    model.versions.create(number=1)
+    record = {
+        "base": {"name": "sd-base", "version": 3, "path": "/models/sd",
+                 "pipeline_class": "StableDiffusionPipeline"},
+        "method": "lora", "hyperparameters": {"method": "lora", "rank": 8, "snr_gamma": 5.0},
+        "image_sets": ["findings"], "images": [], "device": "cpu", "seconds": 1.5, "loss_history": [[1, 0.3]],
+        "torch": "2.9", "diffusers": "0.35", "peft": "0.17.1",
+        "prompts": [["chest x-ray, cardiomegaly", 3], ["chest x-ray", 1]],
+    }  # fmt: skip
+    TrainingJob.objects.create(
+        name="sd-lora", method="lora", base=base, steps=1, batch_size=1, learning_rate=1e-4, resolution=32,
+        status="done", model=model, record=record,
+    )  # fmt: skip
+    client.force_login(researcher)
+    page = client.get(f"/admin/generation/generativemodel/{model.pk}/change/").content.decode()
+    base_link = f'<a href="/admin/generation/generativemodel/{base.pk}/change/">sd-base</a>'
+    assert base_link in page and "version 3 (StableDiffusionPipeline, <code>/models/sd</code>)" in page
+    assert "chest x-ray, cardiomegaly (3)<br>chest x-ray (1)" in page
+    assert '<th scope="row">peft</th><td>0.17.1</td>' in page
+    assert '<th scope="row">Rank</th><td>8</td>' in page and "0 training images" in page
