@@ -245,7 +245,7 @@ def training_sweep() -> int:
     The sweep queues it again under a new attempt, resuming from its last checkpoint,
     at most MAX_RESUMES times. Run by Celery beat (config/celery.py), never by a page.
     """
-    silence = settings.CELERY_TASK_TIME_LIMIT + 60
+    silence = settings.TRAINING_SILENCE_SECONDS
     limit = timezone.now() - timedelta(seconds=silence)
     swept = 0
     for job in TrainingJob.objects.filter(status=Status.RUNNING, heartbeat__lt=limit):
@@ -267,6 +267,10 @@ def training_sweep() -> int:
     return swept
 
 
+# The smoothed loss is the mean of this many of the latest points of the history.
+SMOOTHING = 20
+
+
 @dataclass(frozen=True)
 class TrainingProgress:
     step: int
@@ -274,16 +278,22 @@ class TrainingProgress:
     loss: float | None
     per_second: float | None
     seconds_left: float | None
+    images_per_second: float | None = None
+    smoothed_loss: float | None = None
 
 
 def training_progress(job: TrainingJob) -> TrainingProgress:
-    """Step of N, the latest loss (a mean over its interval), steps/s and time left."""
-    loss = job.loss_history[-1][1] if job.loss_history else None
-    per_second = seconds_left = None
+    """Step of N, the latest loss (a mean over its interval) and a smoothed one, steps/s and
+    images/s (steps/s times the batch), and time left."""
+    recent = [loss for _, loss in job.loss_history[-SMOOTHING:]]
+    loss = recent[-1] if recent else None
+    smoothed = sum(recent) / len(recent) if recent else None
+    per_second = seconds_left = images_per_second = None
     if job.started and job.step:
         elapsed = ((job.finished or job.heartbeat or timezone.now()) - job.started).total_seconds()
         if elapsed > 0:
             per_second = job.step / elapsed
+            images_per_second = per_second * job.batch_size
             if job.status in (Status.QUEUED, Status.RUNNING):
                 seconds_left = (job.steps - job.step) / per_second
-    return TrainingProgress(job.step, job.steps, loss, per_second, seconds_left)
+    return TrainingProgress(job.step, job.steps, loss, per_second, seconds_left, images_per_second, smoothed)
