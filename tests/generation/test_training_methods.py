@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,8 @@ from generation.jobs import job_launch
 from generation.models import GeneratedImage, GenerationJob, GenerativeModel, TrainingJob
 from generation.services import model_register, model_settings_update
 from generation.tiny import build_ddpm, build_lora, build_stable_diffusion
-from generation.training import Params, checkpoint_latest, training_images, training_loop
-from generation.training_jobs import training_prompt
+from generation.training import Params, checkpoint_latest, training_images, training_loop, training_run
+from generation.training_jobs import training_launch, training_prompt
 from tests.conftest import wait_until, worker_environment
 from tests.studies.study_fixtures import make_real_set
 
@@ -339,3 +340,31 @@ def test_a_lora_job_on_a_small_base_passes_every_check(bases):
         5,
         2,
     )
+
+
+def test_an_unconditional_job_with_ema_and_min_snr_previews_and_registers_its_average(
+    transactional_db, roots, tmp_path
+):
+    image_set = make_real_set(4, name="training phantoms")
+    job = training_launch(
+        name="cxr-ema", image_sets=[image_set], steps=3, batch_size=2, learning_rate=1e-3, resolution=32,
+        width=8, seed=2, checkpoint_every=2, ema=True, snr_gamma=5.0, preview_every=2,
+    )  # fmt: skip
+    assert training_run(job_id=job.pk) == "done"
+    job.refresh_from_db()
+    assert (job.status, job.model.pipeline_class, job.record["base"]) == ("done", "DDPMPipeline", None)
+    assert [preview["step"] for preview in job.previews] == [2, 3]
+    for preview in job.previews:
+        picture = PILImage.open(Path(roots["TRAINING_ROOT"]) / preview["file"])
+        assert (picture.size, picture.mode) == ((64, 64), "L")
+    params = Params(steps=3, batch_size=2, learning_rate=1e-3, resolution=32, width=8, seed=2, ema=True,
+                    snr_gamma=5.0, checkpoint_every=2)  # fmt: skip
+    images, _ = training_images(image_sets=[image_set], resolution=32)
+    straight = training_loop(params=params, images=images, folder=tmp_path / "straight", until=3)
+    saved = load_file(Path(job.model.path) / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(saved[name], tensor) for name, tensor in straight.unet.state_dict().items())
+    # The average, not the last weights: without EMA the same run ends elsewhere.
+    plain = training_loop(
+        params=replace(params, ema=False), images=images, folder=tmp_path / "plain", until=3
+    )
+    assert any(not torch.equal(saved[name], tensor) for name, tensor in plain.unet.state_dict().items())
