@@ -115,12 +115,13 @@ def _fine_tune_refusal(*, method: str, base, resolution: int, rank: int, prompt_
         return problem
     folder = Path(base.path)
     try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        return f"the base's configs cannot be read ({exc}); is {folder} still there?"
+        unet_levels = json.loads((folder / "unet" / "config.json").read_text())["block_out_channels"]
+        vae_levels = json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]
+        vae_blocks, narrowest = len(vae_levels), min(unet_levels)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"the base's UNet and VAE configs cannot be read ({exc!r}); is {folder} still there?"
     # The VAE halves the side once per block after the first; so does the UNet.
-    factor = 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet["block_out_channels"]) - 1)
+    factor = 2 ** (vae_blocks - 1) * 2 ** (len(unet_levels) - 1)
     if resolution % factor:
         return (
             f"{base.name!r} takes sides that are multiples of {factor} pixels (its VAE's scale factor "
@@ -130,7 +131,7 @@ def _fine_tune_refusal(*, method: str, base, resolution: int, rank: int, prompt_
     if method == Method.LORA:
         # Each adapted projection, at least as wide as the UNet's first level, gains at most
         # 2 x rank / width of its weights: an upper bound on the adapter's size.
-        trained = unet_bytes * min(1.0, 2 * rank / min(unet["block_out_channels"]))
+        trained = unet_bytes * min(1.0, 2 * rank / narrowest)
         output = trained
     else:
         trained = unet_bytes + (_weight_bytes(folder / "text_encoder") if train_text_encoder else 0)

@@ -272,11 +272,14 @@ def bases(db, tiny_sd, base_folders):
     model_register(
         name="tiny-sd-lora", path=str(tiny_sd), lora_path=str(base_folders["lora"]), prompts=["chest x-ray"]
     )
-    for name in ("deeper", "huge"):
+    for name, folder in [
+        ("deeper", base_folders["deeper"]),
+        ("huge", base_folders["huge"]),
+        ("gone", "/gone"),
+    ]:
         GenerativeModel.objects.create(
-            name=f"{name}-sd", path=str(base_folders[name]), pipeline_class="StableDiffusionPipeline",
-            native_size=32,
-        )  # fmt: skip
+            name=f"{name}-sd", path=str(folder), pipeline_class="StableDiffusionPipeline", native_size=32
+        )
     phantoms_with_findings()
 
 
@@ -285,7 +288,11 @@ def bases(db, tiny_sd, base_folders):
     [
         (None, {}, "LoRA fine-tuning needs a base: a registered text-to-image model to start from"),
         (None, {"--method": "full"}, "full fine-tuning needs a base"),
-        ("nope", {}, "No model named 'nope' is registered (models: deeper-sd, huge-sd, tiny-ddpm, tiny-sd"),
+        (
+            "nope",
+            {},
+            "No model named 'nope' is registered (models: deeper-sd, gone-sd, huge-sd, tiny-ddpm, tiny-sd",
+        ),
         (
             "tiny-sd",
             {"--method": "unconditional"},
@@ -318,6 +325,7 @@ def bases(db, tiny_sd, base_folders):
         ("tiny-sd", {"--train-text-encoder": ""}, "only full fine-tuning trains the text encoder"),
         ("huge-sd", {"--method": "full"}, "too little free disk for the checkpoints: about"),
         ("huge-sd", {}, "too little free disk for the checkpoints"),
+        ("gone-sd", {}, "the base's UNet and VAE configs cannot be read (FileNotFoundError"),
     ],
 )
 def test_train_refuses_what_cannot_run_before_any_work(bases, base, changes, message):
