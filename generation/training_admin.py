@@ -22,6 +22,7 @@ from .forms import TrainingForm
 from .models import GenerativeModel, TrainingJob
 from .plots import loss_curve
 from .training_jobs import (
+    FINE_TUNABLE,
     TrainingRefused,
     training_cancel,
     training_launch,
@@ -29,8 +30,6 @@ from .training_jobs import (
     training_retry,
 )
 
-# The pipeline classes that LoRA and full fine-tuning start from.
-FINE_TUNABLE = {"StableDiffusionPipeline"}
 # The library versions a training record may hold, in the order shown.
 LIBRARIES = ("torch", "diffusers", "peft", "transformers")
 
