@@ -254,6 +254,9 @@ TRAINING_ROOT = Path(env_str("TRAINING_ROOT", str(VAR_DIR / "training")))
 # A training task stops at a checkpoint after this long and queues its continuation, so a job
 # may run longer than any one task may (0: after every step, for tests).
 TRAINING_SLICE_SECONDS = env_int("TRAINING_SLICE_SECONDS", CELERY_TASK_SOFT_TIME_LIMIT * 4 // 5)
+# A running training job that no worker has reported on for this long is resumed by the sweep
+# (its worker died with it); longer than any one task may run.
+TRAINING_SILENCE_SECONDS = env_int("TRAINING_SILENCE_SECONDS", CELERY_TASK_TIME_LIMIT + 60)
 
 # --- Reader accounts and email ------------------------------------------------------
 # A new reader gets a one-time link to set a password (Django's password-reset

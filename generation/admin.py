@@ -10,7 +10,7 @@ from .jobs import job_cancel, job_launch, job_progress, job_retry
 from .models import GeneratedImage, GenerationJob, GenerativeModel, ModelVersion, TrainingJob, WorkerReport
 from .registry import ModelRefused
 from .services import model_register, model_settings_update, worker_reports_request
-from .training_jobs import training_progress
+from .training_admin import FINE_TUNABLE, fine_tune_view, training_form_view, training_record
 
 PREVIEW_COUNT = 4
 
@@ -41,8 +41,9 @@ class WorkerReportAdmin(admin.ModelAdmin):
 class GenerativeModelAdmin(admin.ModelAdmin):
     form = GenerativeModelForm
     list_display = ["name", "pipeline_class", "native_size", "version_number", "image_count", "created"]
-    readonly_fields = ["pipeline_class", "native_size", "preview", "versions"]
+    readonly_fields = ["pipeline_class", "native_size", "preview", "versions", "training"]
     change_form_template = "admin/generation/generativemodel/change_form.html"
+    change_list_template = "admin/generation/generativemodel/change_list.html"
 
     def get_readonly_fields(self, request, obj=None):
         # The weights are fixed once registered (shown as text, not as a box): new weights, new model.
@@ -58,7 +59,16 @@ class GenerativeModelAdmin(admin.ModelAdmin):
         if obj:
             sets.append(("Preview", {"fields": ["preview"]}))
             sets.append(("Versions", {"fields": ["versions"]}))
+            sets.append(("Training record", {"fields": ["training"]}))
         return sets
+
+    @admin.display(description="How it was trained")
+    def training(self, obj):
+        return training_record(self._made_by(obj))
+
+    @staticmethod
+    def _made_by(obj) -> TrainingJob | None:
+        return obj.training_jobs.filter(status=TrainingJob.Status.DONE).order_by("-finished").first()
 
     @admin.display(description="Settings that made images are frozen; a change makes a new version")
     def versions(self, obj):
@@ -159,6 +169,8 @@ class GenerativeModelAdmin(admin.ModelAdmin):
         return [
             path("<int:pk>/preview/", wrap(require_POST(self.preview_view)), name="generation_model_preview"),
             path("<int:pk>/generate/", wrap(self.generate_view), name="generation_model_generate"),
+            path("train/", wrap(self.train_view), name="generation_model_train"),
+            path("<int:pk>/fine-tune/", wrap(self.fine_tune_view), name="generation_model_fine_tune"),
             *super().get_urls(),
         ]
 
@@ -167,6 +179,16 @@ class GenerativeModelAdmin(admin.ModelAdmin):
         job = job_launch(version=model.current_version, count=PREVIEW_COUNT, base_seed=0, is_preview=True)
         messages.info(request, "A worker is making the preview; it appears here when done.")
         return redirect("admin:generation_generationjob_change", job.pk)
+
+    def train_view(self, request):
+        return training_form_view(self, request)
+
+    def fine_tune_view(self, request, pk):
+        return fine_tune_view(self, request, pk)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra = {"fine_tunable": FINE_TUNABLE}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
 
     def generate_view(self, request, pk):
         model = get_object_or_404(GenerativeModel, pk=pk)
@@ -235,48 +257,4 @@ class GenerationJobAdmin(admin.ModelAdmin):
             extra["images"] = (
                 job.images().select_related("image").order_by("seed")[:8] if job.is_preview else []
             )
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
-
-
-@admin.register(TrainingJob)
-class TrainingJobAdmin(admin.ModelAdmin):
-    """Read-only: jobs are started with `manage.py train` for now."""
-
-    list_display = ["__str__", "status", "progress", "latest_loss", "model", "created", "finished"]
-    list_filter = ["status", "method"]
-    fields = [
-        "name",
-        "image_sets",
-        *TrainingJob.HYPERPARAMETERS,
-        "status",
-        "step",
-        "error",
-        "model",
-        "loss_history",
-        "record",
-        "created",
-        "started",
-        "heartbeat",
-        "finished",
-    ]
-    readonly_fields = fields
-    change_form_template = "admin/generation/trainingjob/change_form.html"
-
-    def has_add_permission(self, request):
-        return False
-
-    @admin.display(description="Progress")
-    def progress(self, obj):
-        return format_html(
-            '<progress max="{}" value="{}"></progress> {} / {}', obj.steps, obj.step, obj.step, obj.steps
-        )
-
-    @admin.display(description="Loss")
-    def latest_loss(self, obj):
-        loss = training_progress(obj).loss
-        return "" if loss is None else f"{loss:.4f}"
-
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        job = self.get_object(request, object_id)
-        extra = {"job": job, "progress": training_progress(job) if job else None}
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})

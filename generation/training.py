@@ -1,11 +1,13 @@
-"""Training on a worker: the unconditional DDPM loop, exact checkpoints, the registered result.
+"""Training on a worker: the loop (every method), exact checkpoints, previews, the registered result.
 
 Imported only inside a worker's child process (the `train` task imports it there): it
 imports torch, which must never be initialised in the prefork parent or the web process.
+What each method trains and how is in generation/training_methods.py.
 
-Resuming is exact: the weights, the optimizer, the noise generator and the step are in
-each checkpoint, and the data order is a function of (seed, step) alone, so a run
-stopped at any checkpoint and resumed ends with the same weights as one never stopped.
+Resuming is exact: the trained weights, the optimizer, the EMA, the loss scaler, the noise
+generator and the step are in each checkpoint, and the data order is a function of
+(seed, step) alone, so a run stopped at any checkpoint and resumed ends with the same
+weights as one never stopped. Previews run with torch's random state set aside.
 """
 
 import io
@@ -13,14 +15,16 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import diffusers
 import numpy as np
+import peft
 import torch
-import torch.nn.functional as F
 from celery.exceptions import SoftTimeLimitExceeded
+from diffusers.training_utils import EMAModel
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -32,14 +36,18 @@ from studies.models import Image
 
 from .models import TrainingJob
 from .services import model_register
+from .training_jobs import training_prompt
+from .training_methods import PREVIEW_SEEDS, Trainee, loss_of, random_state_kept, trainee_build
+from .training_methods import noise_scheduler as noise_scheduler  # the unconditional one, for callers
+from .training_methods import unet_build as unet_build
 
 Status = TrainingJob.Status
-NUM_TRAIN_TIMESTEPS = 1000
 # At most this many points in a job's loss history: each is the mean over its interval.
 HISTORY_POINTS = 1000
 # Progress is written at most this often (cancel is read every step).
 REPORT_SECONDS = 1.0
 HYPERPARAMETERS = TrainingJob.HYPERPARAMETERS
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -58,24 +66,34 @@ class Params:
     prompt_template: str = "chest x-ray, {finding}"
     train_text_encoder: bool = False
     preview_every: int = 0
+    method: str = "unconditional"
+    base_path: str = ""  # lora and full: the registered base's pipeline folder
 
     @classmethod
     def of(cls, job: TrainingJob) -> "Params":
-        return cls(**{name: getattr(job, name) for name in HYPERPARAMETERS if name != "method"})
+        base_path = job.base.path if job.base_id else ""
+        return cls(**{name: getattr(job, name) for name in HYPERPARAMETERS}, base_path=base_path)
 
     @property
     def log_every(self) -> int:
         return max(1, self.steps // HISTORY_POINTS)
 
+    def previews_at(self, step: int) -> bool:
+        return bool(self.preview_every) and (step % self.preview_every == 0 or step == self.steps)
+
 
 @dataclass
 class Outcome:
-    unet: object
+    trainee: Trainee
     step: int
     stopped: str  # "done" (reached `until`), "cancel" or "pause"
     resumed_from: int
     losses: list = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.trainee.unet
 
 
 # --- Data ----------------------------------------------------------------------------
@@ -95,7 +113,14 @@ def training_images(*, image_sets, resolution: int) -> tuple[torch.Tensor, list[
             grey = np.asarray(PILImage.open(io.BytesIO(stored.read())).convert("L"), dtype=np.float32) / 255
         resized = PILImage.open(io.BytesIO(normalise(grey, size=resolution)))
         pixels.append(torch.from_numpy(np.array(resized, dtype=np.uint8)))
-        listing.append({"id": image.pk, "png_sha256": image.png_sha256, "source_sha256": image.source_sha256})
+        listing.append(
+            {
+                "id": image.pk,
+                "png_sha256": image.png_sha256,
+                "source_sha256": image.source_sha256,
+                "finding": image.finding,
+            }
+        )
     return torch.stack(pixels)[:, None], listing
 
 
@@ -116,29 +141,6 @@ def batch_indices(*, seed: int, step: int, batch_size: int, count: int) -> torch
     return torch.stack(picked)
 
 
-# --- The model -----------------------------------------------------------------------
-
-
-def unet_build(*, resolution: int, width: int, seed: int) -> diffusers.UNet2DModel:
-    """A grey DDPM UNet from scratch: four levels (three halvings), attention at the third."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return diffusers.UNet2DModel(
-            sample_size=resolution,
-            in_channels=1,
-            out_channels=1,
-            layers_per_block=2,
-            block_out_channels=(width, width * 2, width * 2, width * 4),
-            down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-            norm_num_groups=8,
-        )
-
-
-def noise_scheduler() -> diffusers.DDPMScheduler:
-    return diffusers.DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
-
-
 def training_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -146,7 +148,7 @@ def training_device() -> str:
 # --- Checkpoints ---------------------------------------------------------------------
 
 
-def checkpoint_save(folder: Path, *, unet, optimizer, generator, step: int, state: dict) -> Path:
+def checkpoint_save(folder: Path, *, weights: dict, state: dict, step: int) -> Path:
     """Write step-<n>/ (weights.safetensors, state.pt) via a temporary folder and one rename.
 
     A worker killed mid-write leaves a temporary folder, never a half checkpoint; the
@@ -157,13 +159,11 @@ def checkpoint_save(folder: Path, *, unet, optimizer, generator, step: int, stat
     temporary = folder / f".tmp-step-{step:09d}-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
-    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in unet.state_dict().items()}
     save_file(weights, temporary / "weights.safetensors")
-    rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    everything = {"optimizer": optimizer.state_dict(), "rng": rng, "step": step, **state}
-    torch.save(everything, temporary / "state.pt")
+    torch.save({**state, "rng": rng, "step": step}, temporary / "state.pt")
     if final.exists():  # the same step written by an earlier delivery of the task
         shutil.rmtree(final)
     os.replace(temporary, final)
@@ -178,77 +178,126 @@ def checkpoint_latest(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def checkpoint_load(path: Path, *, unet, optimizer, generator) -> dict:
-    unet.load_state_dict(load_file(path / "weights.safetensors"))
-    state = torch.load(path / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state.pop("optimizer"))
+def checkpoint_load(path: Path) -> tuple[dict, dict]:
+    """The weights and the state of a checkpoint; torch's random state is restored here."""
+    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
     rng = state.pop("rng")
-    generator.set_state(rng["generator"])
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return state
+    return load_file(path / "weights.safetensors"), state
+
+
+def checkpoints_remove(folder: Path) -> None:
+    """Delete a finished job's checkpoints; its previews stay."""
+    for path in [*folder.glob("step-*"), *folder.glob(".tmp-step-*")]:
+        shutil.rmtree(path, ignore_errors=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 # --- The loop ------------------------------------------------------------------------
 
 
-def training_loop(*, params: Params, images: torch.Tensor, folder: Path, until: int, on_step=None) -> Outcome:
+def training_loop(*, params: Params, images: torch.Tensor, folder: Path, until: int, on_step=None,
+                  prompts: list[str] | None = None, on_preview=None,
+                  preview_guidance: float = 7.5) -> Outcome:  # fmt: skip
     """Train from the latest checkpoint in `folder` (or from scratch) up to step `until`.
 
     `on_step(step, losses)` is called after every step and answers "go", "cancel" (stop;
     the last checkpoint stays) or "pause" (checkpoint now and stop, to be resumed).
+    `prompts` (lora and full) is each image's prompt. With `params.preview_every`,
+    `on_preview(step, picture)` receives a grid drawn at seeds 0..3 every that many steps
+    and at the last. With `params.ema`, the weights of a run that reaches `until` are the
+    moving average: what gets saved.
     """
     device = training_device()
-    unet = unet_build(resolution=params.resolution, width=params.width, seed=params.seed).to(device)
-    unet.train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=params.learning_rate)
+    trainee = trainee_build(params=params, images=images, prompts=prompts, device=device)
+    trainee.train()
+    parameters = trainee.parameters()
+    optimizer = torch.optim.AdamW(parameters, lr=params.learning_rate)
+    ema = EMAModel(parameters) if params.ema else None
+    # Loss scaling keeps fp16 gradients from underflowing; disabled, it passes everything through.
+    scaler = torch.amp.GradScaler(device, enabled=params.mixed_precision == "fp16")
     generator = torch.Generator().manual_seed(params.seed)
     state = {"losses": [], "pending": [], "seconds": 0.0}
     step = 0
     if latest := checkpoint_latest(folder):
-        state = checkpoint_load(latest, unet=unet, optimizer=optimizer, generator=generator)
+        weights, state = checkpoint_load(latest)
+        trainee.load_weights(weights)
+        optimizer.load_state_dict(state.pop("optimizer"))
+        scaler.load_state_dict(state.pop("scaler"))
+        generator.set_state(state.pop("generator"))
+        if ema:
+            ema.load_state_dict(state.pop("ema"))
+            ema.to(device)
+        state.pop("ema", None)
         step = state.pop("step")
     resumed_from = step
-    scheduler = noise_scheduler()
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=params.mixed_precision == "bf16")
+    dtype = AUTOCAST.get(params.mixed_precision, torch.bfloat16)
+    autocast = torch.autocast(device, dtype=dtype, enabled=params.mixed_precision in AUTOCAST)
     started = time.perf_counter()
 
     def save():
-        elapsed = {"seconds": state["seconds"] + time.perf_counter() - started}
-        checkpoint_save(
-            folder, unet=unet, optimizer=optimizer, generator=generator, step=step, state={**state, **elapsed}
-        )
+        everything = {
+            **state,
+            "seconds": state["seconds"] + time.perf_counter() - started,
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "generator": generator.get_state(),
+            "ema": ema.state_dict() if ema else None,
+        }
+        checkpoint_save(folder, weights=trainee.weights(), state=everything, step=step)
+
+    def preview():
+        if ema:
+            ema.store(parameters)
+            ema.copy_to(parameters)
+        trainee.train(False)
+        try:
+            with random_state_kept(device):
+                picture = trainee.draw(
+                    seeds=PREVIEW_SEEDS, resolution=params.resolution, guidance=preview_guidance
+                )
+        finally:
+            trainee.train(True)
+            if ema:
+                ema.restore(parameters)
+        on_preview(step, picture)
 
     while step < until:
         chosen = batch_indices(seed=params.seed, step=step, batch_size=params.batch_size, count=len(images))
-        clean = images[chosen].to(device).float() / 127.5 - 1.0
-        # Drawn on the CPU generator whatever the device: the same numbers everywhere.
-        noise = torch.randn(clean.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(clean),), generator=generator).to(device)
-        noisy = scheduler.add_noise(clean, noise, timesteps)
         with autocast:
-            predicted = unet(noisy, timesteps).sample
-        loss = F.mse_loss(predicted.float(), noise)
+            predicted, target, timesteps = trainee.predict(chosen, generator)
+        loss = loss_of(
+            predicted, target, timesteps, noise_scheduler=trainee.noise_scheduler, snr_gamma=params.snr_gamma
+        )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if ema:
+            ema.step(parameters)
         step += 1
         state["pending"].append(loss.detach().float().cpu())
         if step % params.log_every == 0 or step == params.steps:
             state["losses"].append([step, float(torch.stack(state["pending"]).mean())])
             state["pending"] = []
+        if on_preview and params.previews_at(step):
+            preview()
         if step % params.checkpoint_every == 0:
             save()
         answer = on_step(step, state["losses"]) if on_step else "go"
         if answer == "cancel":
-            return Outcome(unet, step, "cancel", resumed_from, state["losses"])
+            return Outcome(trainee, step, "cancel", resumed_from, state["losses"])
         if answer == "pause" and step < until:
             if step % params.checkpoint_every:
                 save()
-            return Outcome(unet, step, "pause", resumed_from, state["losses"])
+            return Outcome(trainee, step, "pause", resumed_from, state["losses"])
+    if ema:
+        ema.copy_to(parameters)
     seconds = state["seconds"] + time.perf_counter() - started
-    return Outcome(unet, step, "done", resumed_from, state["losses"], seconds)
+    return Outcome(trainee, step, "done", resumed_from, state["losses"], seconds)
 
 
 # --- A job on a worker ---------------------------------------------------------------
@@ -271,20 +320,26 @@ def training_run(*, job_id: int, attempt: int = 1) -> str:
     ):
         return "cancel"
     TrainingJob.objects.filter(pk=job_id, started__isnull=True).update(started=now)
-    job = TrainingJob.objects.get(pk=job_id)
+    job = TrainingJob.objects.select_related("base").get(pk=job_id)
     params = Params.of(job)
     try:
         images, listing = training_images(image_sets=job.image_sets.all(), resolution=job.resolution)
+        prompts = None
+        if job.base_id:
+            prompts = [training_prompt(job.prompt_template, item["finding"]) for item in listing]
         outcome = training_loop(
             params=params,
             images=images,
             folder=job_folder(job),
             until=job.steps,
             on_step=_reporter(job_id, attempt),
+            prompts=prompts,
+            on_preview=_previewer(job_id, attempt),
+            preview_guidance=job.base.current_version.guidance if job.base_id else 0.0,
         )
         _report(job_id, attempt, outcome.step, outcome.losses)
         if outcome.stopped == "done":
-            _finish(job, outcome, listing)
+            _finish(job, outcome, listing, prompts)
         return outcome.stopped
     except SoftTimeLimitExceeded:
         _fail(
@@ -316,6 +371,30 @@ def _reporter(job_id: int, attempt: int):
     return on_step
 
 
+def _previewer(job_id: int, attempt: int):
+    """The loop's on_preview: the grid as TRAINING_ROOT/<job>/previews/step-<n>.png, listed on the job.
+
+    A step previewed again (resumed from an earlier checkpoint) replaces its entry.
+    """
+
+    def on_preview(step: int, picture: PILImage.Image) -> None:
+        relative = f"{job_id}/previews/step-{step}.png"
+        path = Path(settings.TRAINING_ROOT) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".tmp-{path.name}")
+        picture.save(temporary, format="PNG")
+        os.replace(temporary, path)
+        with transaction.atomic():
+            mine = TrainingJob.objects.select_for_update().filter(pk=job_id, attempt=attempt)
+            listed = mine.values_list("previews", flat=True).first()
+            if listed is not None:
+                entries = [entry for entry in listed if entry["step"] != step]
+                entries.append({"step": step, "file": relative})
+                mine.update(previews=sorted(entries, key=lambda entry: entry["step"]))
+
+    return on_preview
+
+
 def _report(job_id: int, attempt: int, step: int, losses: list) -> None:
     TrainingJob.objects.filter(pk=job_id, attempt=attempt).update(
         step=step, loss_history=losses, heartbeat=timezone.now()
@@ -328,17 +407,17 @@ def _fail(job_id: int, attempt: int, message: str) -> None:
     )
 
 
-def _finish(job: TrainingJob, outcome: Outcome, listing: list[dict]) -> None:
-    """Save the pipeline under MODELS_ROOT, register it and record how it was made."""
+def _finish(job: TrainingJob, outcome: Outcome, listing: list[dict], prompts: list[str] | None) -> None:
+    """Save what was trained under MODELS_ROOT, register it and record how it was made."""
     folder = Path(settings.MODELS_ROOT) / f"trained-{job.pk}"
     temporary = folder.with_name(f".tmp-{folder.name}")
     shutil.rmtree(temporary, ignore_errors=True)
-    pipeline = diffusers.DDPMPipeline(unet=outcome.unet.to("cpu").eval(), scheduler=noise_scheduler())
-    pipeline.save_pretrained(temporary, safe_serialization=True)
+    outcome.trainee.save(temporary)
     shutil.rmtree(folder, ignore_errors=True)  # an earlier delivery that died before registering
     os.replace(temporary, folder)
+    version = job.base.current_version if job.base_id else None
     record = {
-        "base": None,
+        "base": _base_record(version),
         "method": job.method,
         "hyperparameters": {name: getattr(job, name) for name in HYPERPARAMETERS},
         "seed": job.seed,
@@ -351,19 +430,52 @@ def _finish(job: TrainingJob, outcome: Outcome, listing: list[dict]) -> None:
         "seconds": round(outcome.seconds, 3),
         "loss_history": outcome.losses,
     }
+    if prompts is not None:
+        record["prompt_template"] = job.prompt_template
+        record["prompts"] = [[prompt, count] for prompt, count in Counter(prompts).most_common()]
+    if job.method == TrainingJob.Method.LORA:
+        record["peft"] = peft.__version__
     with transaction.atomic():
         model = model_register(
             name=job.name,
-            path=str(folder),
             description=f"Trained by training job {job.pk} ({job.method}, {job.steps} steps).",
-            scheduler="ddim",  # 50 DDIM steps draw what 1000 DDPM steps would, twenty times faster
-            steps=50,
+            **_registration(job, folder, version, prompts),
         )
         TrainingJob.objects.filter(pk=job.pk, attempt=job.attempt, status=Status.RUNNING).update(
             status=Status.DONE, model=model, record=_plain(record), finished=timezone.now()
         )
     # The checkpoints served their purpose: the registered folder holds the result.
-    shutil.rmtree(job_folder(job), ignore_errors=True)
+    checkpoints_remove(job_folder(job))
+
+
+def _registration(job: TrainingJob, folder: Path, version, prompts: list[str] | None) -> dict:
+    """model_register's arguments: where the weights are, and the first version's settings.
+
+    A fine-tune generates as its base did (scheduler, steps, guidance, negative prompt,
+    dtype, batch), at the resolution it was trained at, with the prompts it learned.
+    """
+    if version is None:
+        # 50 DDIM steps draw what 1000 DDPM steps would, twenty times faster.
+        return {"path": str(folder), "scheduler": "ddim", "steps": 50}
+    carried = ["scheduler", "steps", "guidance", "negative_prompt", "dtype", "batch_size"]
+    settings = {name: getattr(version, name) for name in carried}
+    settings |= {"size": job.resolution, "prompts": list(Counter(prompts).keys())}
+    if job.method == TrainingJob.Method.LORA:
+        return {"path": job.base.path, "lora_path": str(folder), **settings}
+    return {"path": str(folder), **settings}
+
+
+def _base_record(version) -> dict | None:
+    if version is None:
+        return None
+    model = version.model
+    return {
+        "name": model.name,
+        "version": version.number,
+        "path": model.path,
+        "pipeline_class": model.pipeline_class,
+        "settings": version.settings_dict(),
+    }
 
 
 def _plain(value):

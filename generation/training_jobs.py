@@ -1,11 +1,16 @@
 """Training jobs, web side: launch (every check before any GPU time), cancel, progress.
 
-The worker side is generation/training.py; this module imports no torch.
+The worker side is generation/training.py; this module imports no torch: what it needs to
+know about a base model it reads from the model's config files, as generation/registry.py does.
 """
 
+import json
 import math
+import shutil
+import string
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -18,24 +23,39 @@ from .models import GenerativeModel, TrainingJob
 from .tasks import train
 
 Status = TrainingJob.Status
-NOT_YET = {
-    TrainingJob.Method.LORA: "LoRA fine-tuning",
-    TrainingJob.Method.FULL: "full fine-tuning",
-}
+Method = TrainingJob.Method
+# The pipeline classes each fine-tuning method can start from.
+FINE_TUNABLE = {"StableDiffusionPipeline"}
+METHOD_NAMES = {Method.LORA: "LoRA fine-tuning", Method.FULL: "full fine-tuning"}
+# The unconditional UNet has about this many parameters times its width squared (measured:
+# 4,266 at width 8, 4,198 at 128); float32 weights.
+UNCONDITIONAL_PARAMETERS_PER_WIDTH2 = 4_300
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 class TrainingRefused(Exception):
     """A training job that cannot run, with the reason for the researcher."""
 
 
+def training_prompt(template: str, finding: str) -> str:
+    """An image's prompt: its finding through the template. Without a finding, the template
+    with the field left empty and the commas around it tidied ("chest x-ray, " -> "chest x-ray")."""
+    finding = " ".join(finding.split())
+    prompt = template.format(finding=finding)
+    if not finding:
+        prompt = ", ".join(part.strip() for part in prompt.split(",") if part.strip())
+    return " ".join(prompt.split())
+
+
 def training_refusal(*, name: str, image_sets, method: str, steps: int, batch_size: int,
                      learning_rate: float, resolution: int, width: int, checkpoint_every: int,
-                     mixed_precision: str) -> str:  # fmt: skip
+                     mixed_precision: str, base: GenerativeModel | None = None, ema: bool = False,
+                     snr_gamma: float | None = None, rank: int = 4,
+                     prompt_template: str = "chest x-ray, {finding}", train_text_encoder: bool = False,
+                     preview_every: int = 0) -> str:  # fmt: skip
     """Why this job cannot run (empty if it can): everything a worker would trip on later."""
-    if method in NOT_YET:
-        return f"{NOT_YET[method]} is not available yet; only the 'unconditional' method trains for now"
-    if method not in TrainingJob.Method.values:
-        return f"unknown method {method!r}; choose one of {', '.join(TrainingJob.Method.values)}"
+    if method not in Method.values:
+        return f"unknown method {method!r}; choose one of {', '.join(Method.values)}"
     if not name.strip():
         return "the new model needs a name"
     if problem := formula_refusal(name, "a model's name"):
@@ -58,7 +78,100 @@ def training_refusal(*, name: str, image_sets, method: str, steps: int, batch_si
         return f"checkpoints must come every 1 step or more (got {checkpoint_every})"
     if mixed_precision not in TrainingJob.MixedPrecision.values:
         return f"mixed precision must be one of {', '.join(TrainingJob.MixedPrecision.values)}"
-    return _images_refusal(image_sets, batch_size)
+    if snr_gamma is not None and not (math.isfinite(snr_gamma) and snr_gamma > 0):
+        return f"the Min-SNR gamma must be above 0 (5 is usual), or left out for plain MSE (got {snr_gamma})"
+    if preview_every < 0:
+        return f"previews come every 0 (none) or more steps (got {preview_every})"
+    if train_text_encoder and method != Method.FULL:
+        return "only full fine-tuning trains the text encoder; LoRA and unconditional training leave it out"
+    if method == Method.UNCONDITIONAL:
+        if base is not None:
+            return f"the unconditional method trains a UNet from scratch: leave the base ({base.name}) out"
+        trained = UNCONDITIONAL_PARAMETERS_PER_WIDTH2 * width**2 * 4
+        problem = _disk_refusal(trained_bytes=trained, output_bytes=trained, ema=ema)
+    else:
+        problem = _fine_tune_refusal(
+            method=method, base=base, resolution=resolution, rank=rank, prompt_template=prompt_template,
+            train_text_encoder=train_text_encoder, ema=ema,
+        )  # fmt: skip
+    return problem or _images_refusal(image_sets, batch_size)
+
+
+def _fine_tune_refusal(*, method: str, base, resolution: int, rank: int, prompt_template: str,
+                       train_text_encoder: bool, ema: bool) -> str:  # fmt: skip
+    what = METHOD_NAMES[method]
+    if base is None:
+        return f"{what} needs a base: a registered text-to-image model to start from"
+    if base.pipeline_class not in FINE_TUNABLE:
+        return (
+            f"{what} is supported for {', '.join(sorted(FINE_TUNABLE))} bases only; "
+            f"{base.name!r} is a {base.pipeline_class}"
+        )
+    if base.lora_path:
+        return f"{base.name!r} carries a LoRA adapter; fine-tune the model it adapts, without one"
+    if not 1 <= rank <= 256:
+        return f"the LoRA rank must be between 1 and 256 (got {rank})"
+    if problem := _template_refusal(prompt_template):
+        return problem
+    folder = Path(base.path)
+    try:
+        unet_levels = json.loads((folder / "unet" / "config.json").read_text())["block_out_channels"]
+        vae_levels = json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]
+        vae_blocks, narrowest = len(vae_levels), min(unet_levels)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"the base's UNet and VAE configs cannot be read ({exc!r}); is {folder} still there?"
+    # The VAE halves the side once per block after the first; so does the UNet.
+    factor = 2 ** (vae_blocks - 1) * 2 ** (len(unet_levels) - 1)
+    if resolution % factor:
+        return (
+            f"{base.name!r} takes sides that are multiples of {factor} pixels (its VAE's scale factor "
+            f"times its UNet's downsampling); {resolution} is not"
+        )
+    unet_bytes = _weight_bytes(folder / "unet")
+    if method == Method.LORA:
+        # Each adapted projection, at least as wide as the UNet's first level, gains at most
+        # 2 x rank / width of its weights: an upper bound on the adapter's size.
+        trained = unet_bytes * min(1.0, 2 * rank / narrowest)
+        output = trained
+    else:
+        trained = unet_bytes + (_weight_bytes(folder / "text_encoder") if train_text_encoder else 0)
+        output = sum(_weight_bytes(sub) for sub in folder.iterdir() if sub.is_dir())
+    return _disk_refusal(trained_bytes=trained, output_bytes=output, ema=ema)
+
+
+def _template_refusal(template: str) -> str:
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        return f"the prompt template {template!r} does not format ({exc}); write {{finding}} where it goes"
+    if others := [name for name in fields if name != "finding"]:
+        return (
+            f"the prompt template may hold only the field {{finding}}; it holds {{{others[0]}}} "
+            "(double a brace to write it: {{ or }})"
+        )
+    return ""
+
+
+def _weight_bytes(folder: Path) -> int:
+    if not folder.is_dir():
+        return 0
+    return sum(path.stat().st_size for path in folder.iterdir() if path.name.endswith(WEIGHT_SUFFIXES))
+
+
+def _disk_refusal(*, trained_bytes: float, output_bytes: float, ema: bool) -> str:
+    """Checkpoints hold the trained weights and AdamW's two moments (3x; 4x with an EMA), two of
+    them at once while a new one replaces the old; then the result is written."""
+    needed = int(2 * (4 if ema else 3) * trained_bytes + output_bytes)
+    root = Path(settings.TRAINING_ROOT)
+    while not root.exists() and root != root.parent:
+        root = root.parent
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        return (
+            f"too little free disk for the checkpoints: about {needed / 2**30:.1f} GiB needed, "
+            f"{free / 2**30:.1f} GiB free under {settings.TRAINING_ROOT}"
+        )
+    return ""
 
 
 def _images_refusal(image_sets, batch_size: int) -> str:
@@ -74,15 +187,19 @@ def _images_refusal(image_sets, batch_size: int) -> str:
 
 
 @transaction.atomic
-def training_launch(*, name: str, image_sets, method: str = TrainingJob.Method.UNCONDITIONAL,
-                    steps: int, batch_size: int, learning_rate: float, resolution: int, seed: int = 0,
+def training_launch(*, name: str, image_sets, method: str = Method.UNCONDITIONAL, steps: int,
+                    batch_size: int, learning_rate: float, resolution: int, seed: int = 0,
                     width: int = 32, checkpoint_every: int = 500,
-                    mixed_precision: str = TrainingJob.MixedPrecision.NO) -> TrainingJob:  # fmt: skip
+                    mixed_precision: str = TrainingJob.MixedPrecision.NO, base: GenerativeModel | None = None,
+                    ema: bool = False, snr_gamma: float | None = None, rank: int = 4,
+                    prompt_template: str = "chest x-ray, {finding}", train_text_encoder: bool = False,
+                    preview_every: int = 0) -> TrainingJob:  # fmt: skip
     """Check everything, create the job and queue its task on the `gpu` queue (after commit)."""
     options = dict(
         method=method, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
         resolution=resolution, width=width, checkpoint_every=checkpoint_every,
-        mixed_precision=mixed_precision,
+        mixed_precision=mixed_precision, base=base, ema=ema, snr_gamma=snr_gamma, rank=rank,
+        prompt_template=prompt_template, train_text_encoder=train_text_encoder, preview_every=preview_every,
     )  # fmt: skip
     image_sets = list(image_sets)
     if problem := training_refusal(name=name, image_sets=image_sets, **options):
@@ -129,7 +246,7 @@ def training_sweep() -> int:
     The sweep queues it again under a new attempt, resuming from its last checkpoint,
     at most MAX_RESUMES times. Run by Celery beat (config/celery.py), never by a page.
     """
-    silence = settings.CELERY_TASK_TIME_LIMIT + 60
+    silence = settings.TRAINING_SILENCE_SECONDS
     limit = timezone.now() - timedelta(seconds=silence)
     swept = 0
     for job in TrainingJob.objects.filter(status=Status.RUNNING, heartbeat__lt=limit):
@@ -151,6 +268,10 @@ def training_sweep() -> int:
     return swept
 
 
+# The smoothed loss is the mean of this many of the latest points of the history.
+SMOOTHING = 20
+
+
 @dataclass(frozen=True)
 class TrainingProgress:
     step: int
@@ -158,16 +279,22 @@ class TrainingProgress:
     loss: float | None
     per_second: float | None
     seconds_left: float | None
+    images_per_second: float | None = None
+    smoothed_loss: float | None = None
 
 
 def training_progress(job: TrainingJob) -> TrainingProgress:
-    """Step of N, the latest loss (a mean over its interval), steps/s and time left."""
-    loss = job.loss_history[-1][1] if job.loss_history else None
-    per_second = seconds_left = None
+    """Step of N, the latest loss (a mean over its interval) and a smoothed one, steps/s and
+    images/s (steps/s times the batch), and time left."""
+    recent = [loss for _, loss in job.loss_history[-SMOOTHING:]]
+    loss = recent[-1] if recent else None
+    smoothed = sum(recent) / len(recent) if recent else None
+    per_second = seconds_left = images_per_second = None
     if job.started and job.step:
         elapsed = ((job.finished or job.heartbeat or timezone.now()) - job.started).total_seconds()
         if elapsed > 0:
             per_second = job.step / elapsed
+            images_per_second = per_second * job.batch_size
             if job.status in (Status.QUEUED, Status.RUNNING):
                 seconds_left = (job.steps - job.step) / per_second
-    return TrainingProgress(job.step, job.steps, loss, per_second, seconds_left)
+    return TrainingProgress(job.step, job.steps, loss, per_second, seconds_left, images_per_second, smoothed)

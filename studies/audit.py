@@ -117,6 +117,8 @@ class AuditReport:
     warn_at: float = WARN_AT
     # Images practice in one study and scored in another (filled in by the study's audit).
     overlaps: list[dict] = field(default_factory=list)
+    # Real images that a model under study was trained on (filled in by the study's audit).
+    trained_on: list[dict] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:

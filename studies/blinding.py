@@ -7,15 +7,23 @@ copy is the same picture, and the same file imported into two sets is two rows
 with one source. The draw keeps every study's practice apart from every other
 study's scored images, whoever reads them (readers can join later); the checks at
 "add reader" and "open" catch what was drawn before that rule, or at the same time.
+
+Nor is a patient shown as real beside a model's copy of them: a model fine-tuned
+on a radiograph can reproduce it, so a study's real images leave out whatever a
+model under study (or a model it was fine-tuned from) was trained on, and the
+audit lists any that a study holds all the same (drawn before the training record).
 """
 
 import random
 from collections import Counter
 from dataclasses import dataclass
+from functools import reduce
+from operator import or_
 
 from django.db.models import QuerySet
 
 from .models import Image, Study, StudyImage, StudyReader
+from .selectors import Learnt, study_training_images
 
 
 def _drawn() -> QuerySet[StudyImage]:
@@ -75,6 +83,25 @@ def pool_of(*, study: Study, images: QuerySet[Image]) -> Pool:
     )
 
 
+def trained_sources(images: QuerySet[Image], learnt: list[Learnt]) -> set[str]:
+    """The sources of `images` that a model learnt from (by row, source or reader PNG): every copy goes."""
+    if not learnt:
+        return set()
+    return set(
+        images.filter(reduce(or_, (each.matches() for each in learnt))).values_list(
+            "source_sha256", flat=True
+        )
+    )
+
+
+def trained_counts(images: QuerySet[Image], learnt: list[Learnt]) -> tuple[int, str]:
+    """How many sources of `images` the models learnt from, and how many each ('' when none)."""
+    total = len(trained_sources(images, learnt))
+    if not total:
+        return 0, ""
+    return total, "; ".join(f"{len(trained_sources(images, [each]))} trained {each.label}" for each in learnt)
+
+
 @dataclass(frozen=True)
 class Overlap:
     """Images that are practice in one study (their truth shown) and scored in another (or the same)."""
@@ -127,6 +154,52 @@ def overlaps(*, practice_in, scored_in) -> list[Overlap]:
         Overlap(practice_study=studies[p], scored_study=studies[s], images=n)
         for (p, s), n in sorted(counts.items())
     ]
+
+
+@dataclass(frozen=True)
+class TrainingOverlap:
+    """A real image of a study that a model under study was trained on."""
+
+    image: Image
+    practice: bool
+    learnt: Learnt
+
+    def as_dict(self) -> dict:
+        return {
+            "image": self.image.pk,
+            "source_name": self.image.source_name,
+            "practice": self.practice,
+            "model": self.learnt.model,
+            "trained": self.learnt.trained,
+            "text": f"image {self.image.pk} trained {self.learnt.label}",
+        }
+
+
+def training_overlaps(study: Study) -> list[TrainingOverlap]:
+    """The study's real images (practice too) that a model under study learnt from, by model and image."""
+    rows = study.images.filter(image__origin=Image.Origin.REAL).select_related("image").order_by("image_id")
+    return [
+        TrainingOverlap(image=row.image, practice=row.practice, learnt=learnt)
+        for learnt in study_training_images(study)
+        for row in rows.filter(learnt.matches("image__"))
+    ]
+
+
+def training_problems(study: Study, found: list[TrainingOverlap]) -> list[str]:
+    """The audit's warnings for these overlaps, one per model, naming the images."""
+    by_model: dict[str, list[int]] = {}
+    for overlap in found:
+        by_model.setdefault(overlap.learnt.label, []).append(overlap.image.pk)
+    problems = []
+    for label, ids in by_model.items():
+        n, s = len(ids), "s" if len(ids) != 1 else ""
+        named = ", ".join(map(str, ids[:10])) + (f" and {n - 10} more" if n > 10 else "")
+        problems.append(
+            f"{n} real image{s} of “{study}” trained {label} (image{s} {named}): "
+            "readers would compare a patient with the model's copy of them; "
+            "a study not yet open leaves them out when sent back to draft and prepared again"
+        )
+    return problems
 
 
 def study_overlaps(study: Study) -> list[Overlap]:

@@ -19,10 +19,20 @@ from PIL import Image as PILImage
 
 from generation.models import GenerationJob, ModelVersion
 
-from .blinding import Pool, pool_of, reader_problem, study_overlaps
+from .blinding import (
+    Pool,
+    pool_of,
+    reader_problem,
+    study_overlaps,
+    trained_counts,
+    trained_sources,
+    training_overlaps,
+    training_problems,
+)
 from .images import file_write
 from .imaging.normalise import normalise
 from .models import Image, ImageSet, Presentation, Study, StudyImage, StudyModel, StudyReader
+from .selectors import study_training_images
 
 logger = logging.getLogger(__name__)
 Status = Study.Status
@@ -56,9 +66,15 @@ def _needs(study: Study) -> tuple[int, list[ArmNeed]]:
     return real_practice, needs
 
 
+def _real_images(study: Study):
+    return Image.objects.filter(origin=Image.Origin.REAL, image_set__in=study.real_sets.all())
+
+
 def _real_pool(study: Study) -> Pool:
-    images = Image.objects.filter(origin=Image.Origin.REAL, image_set__in=study.real_sets.all())
-    return pool_of(study=study, images=images)
+    """What the real draw may use: never an image that a model under study was trained on."""
+    images = _real_images(study)
+    trained = trained_sources(images, study_training_images(study))
+    return pool_of(study=study, images=images.exclude(source_sha256__in=trained))
 
 
 def _arm_pool(study: Study, version: ModelVersion) -> Pool:
@@ -72,14 +88,23 @@ def _real_shortage(study: Study, real_practice: int) -> str:
         return ""
     distinct = len(pool.free) + len(pool.scored_elsewhere) + len(pool.practice_elsewhere)
     taken = (
-        f", of which {len(pool.practice_elsewhere)} are practice in other studies (never scored here) "
+        f"{len(pool.practice_elsewhere)} are practice in other studies (never scored here) "
         f"and {len(pool.scored_elsewhere)} are scored in other studies (never practice here)"
     )
-    return (
+    wanted = (
         f"{study.real_count + real_practice} real radiographs are wanted ({study.real_count} for the study, "
-        f"{real_practice} for practice) but the chosen sets hold {distinct}"
-        + (taken if distinct > len(pool.free) else "")
+        f"{real_practice} for practice) but the chosen sets hold "
     )
+    total, per_model = trained_counts(_real_images(study), study_training_images(study))
+    if total:
+        remain = (
+            f"of the {distinct} that remain, {taken}" if distinct > len(pool.free) else f"{distinct} remain"
+        )
+        return (
+            wanted + f"{distinct + total}, of which {total} trained a model under study ({per_model}) "
+            f"and {'is' if total == 1 else 'are'} never shown as real; {remain}"
+        )
+    return wanted + f"{distinct}" + (f", of which {taken}" if distinct > len(pool.free) else "")
 
 
 def _check_design(study: Study) -> None:
@@ -152,8 +177,9 @@ def preparation_error(study: Study) -> str:
     short = _shortages(study)
     if short:
         return (
-            "Another study drew some of the same images meanwhile, and they cannot be both practice "
-            f"and scored: {'; '.join(short)}. Send this study back to draft and prepare it again."
+            "Another study drew some of the same images meanwhile (they cannot be both practice and scored), "
+            f"or a model under study was trained on some since: {'; '.join(short)}. "
+            "Send this study back to draft and prepare it again."
         )
     return ""
 
@@ -277,7 +303,9 @@ def study_audit(study: Study):
     """The blinding audit of the study's images (practice excluded), as readers would download them.
 
     It also reports the study's images that are practice in one study and scored in
-    another: readers of both would be told the truth of what they score.
+    another (readers of both would be told the truth of what they score), and its real
+    images that a model under study was trained on (readers would compare a patient
+    with the model's copy of them).
     """
     from .audit import audit
 
@@ -295,6 +323,9 @@ def study_audit(study: Study):
             f"{overlap.describe()}: {who} would be told the truth of images they score, and are refused; "
             "a study not yet open draws other images when sent back to draft and prepared again"
         )
+    found = training_overlaps(study)
+    report.trained_on = [overlap.as_dict() for overlap in found]
+    report.problems += training_problems(study, found)
     return report
 
 

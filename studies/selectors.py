@@ -6,6 +6,8 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, Max, Q
 from django.http import Http404
 
+from generation.models import GenerativeModel, TrainingJob
+
 from .models import Presentation, Study, StudyImage, StudyReader
 
 
@@ -179,3 +181,78 @@ def studies_for_reader(*, user) -> list[dict]:
         counts["finished"] = finished == counts["total"] + counts["practice_total"]
         rows.append({"study": place.study, **counts})
     return rows
+
+
+@dataclass(frozen=True)
+class Learnt:
+    """Images a model under study learnt from, as one training record chain lists them.
+
+    `trained` is the model whose finished training jobs list the images: the model
+    under study itself, or a model it was fine-tuned from (directly or further back).
+    """
+
+    model: str
+    trained: str
+    ids: frozenset[int]
+    sources: frozenset[str]
+    pngs: frozenset[str]
+
+    @property
+    def label(self) -> str:
+        if self.trained == self.model:
+            return f"‘{self.model}’"
+        return f"‘{self.model}’ (fine-tuned from ‘{self.trained}’)"
+
+    def matches(self, prefix: str = "") -> Q:
+        """Images that are one of these: the same row, the same source file or the same reader PNG.
+
+        The same radiograph imported into another set is another row with the same
+        source, and the same patient.
+        """
+        return (
+            Q(**{f"{prefix}pk__in": self.ids})
+            | Q(**{f"{prefix}source_sha256__in": self.sources})
+            | Q(**{f"{prefix}png_sha256__in": self.pngs})
+        )
+
+
+def study_training_images(study: Study) -> list[Learnt]:
+    """What the study's models were trained on, by their training records and their bases' records.
+
+    Only finished jobs count: they alone registered a model. A model fine-tuned
+    from another inherits everything its base (and the base's base) learnt.
+    """
+    arms = study.arms.order_by("model__name").values_list("model_id", "model__name")
+    return [
+        _learnt(name, trained, images)
+        for model_id, name in arms
+        for trained, images in _lineage(model_id)
+        if images
+    ]
+
+
+def _lineage(model_id: int):
+    """(name, training images) of a model and of each model it was fine-tuned from, nearest first."""
+    seen: set[int] = set()
+    chain = [model_id]
+    while chain:
+        current = chain.pop(0)
+        if current in seen:  # a cycle of bases cannot be made by training, but costs nothing to stop
+            continue
+        seen.add(current)
+        jobs = TrainingJob.objects.filter(model=current, status=TrainingJob.Status.DONE).order_by("pk")
+        images: list[dict] = []
+        for record, base_id in jobs.values_list("record", "base_id"):
+            images += (record or {}).get("images", [])
+            chain += [base_id] if base_id is not None else []
+        yield GenerativeModel.objects.get(pk=current).name, images
+
+
+def _learnt(model: str, trained: str, images: list[dict]) -> Learnt:
+    return Learnt(
+        model=model,
+        trained=trained,
+        ids=frozenset(image["id"] for image in images if image.get("id") is not None),
+        sources=frozenset(image["source_sha256"] for image in images if image.get("source_sha256")),
+        pngs=frozenset(image["png_sha256"] for image in images if image.get("png_sha256")),
+    )

@@ -92,8 +92,8 @@ def train_args(**changes) -> list[str]:
         ({"--steps": "0"}, "steps must be at least 1 (got 0)"),
         ({"--lr": "0"}, "the learning rate must be above 0 and below 1 (got 0.0)"),
         ({"--width": "12"}, "the UNet's width must be a multiple of 8 between 8 and 512 (got 12)"),
-        ({"--method": "lora"}, "LoRA fine-tuning is not available yet"),
-        ({"--method": "full"}, "full fine-tuning is not available yet"),
+        ({"--method": "lora"}, "LoRA fine-tuning needs a base: a registered text-to-image model"),
+        ({"--method": "full"}, "full fine-tuning needs a base"),
         ({"--name": "=HYPERLINK()"}, "a model's name cannot start with '='"),
     ],
 )
