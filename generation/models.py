@@ -252,11 +252,16 @@ class TrainingJob(models.Model):
     mixed_precision = models.CharField(
         max_length=8, choices=MixedPrecision.choices, default=MixedPrecision.NO
     )
-    ema = models.BooleanField(default=False, help_text="Keep an exponential moving average of the weights.")
-    snr_gamma = models.FloatField(
-        null=True, blank=True, help_text="Min-SNR loss weighting (5 is usual); empty for plain MSE."
+    ema = models.BooleanField(
+        "EMA", default=False, help_text="Keep an exponential moving average of the weights."
     )
-    rank = models.PositiveIntegerField(default=4, help_text="LoRA only: the adapter's rank.")
+    snr_gamma = models.FloatField(
+        "Min-SNR gamma",
+        null=True,
+        blank=True,
+        help_text="Min-SNR loss weighting (5 is usual); empty for plain MSE.",
+    )
+    rank = models.PositiveIntegerField("LoRA rank", default=4, help_text="LoRA only: the adapter's rank.")
     prompt_template = models.CharField(
         max_length=500,
         default="chest x-ray, {finding}",

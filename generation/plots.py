@@ -30,7 +30,13 @@ def loss_curve(loss_history: list) -> SafeString:
     ax.set_ylabel("Loss (mean squared error)")
     ax.set_xlim(0, max(steps[-1], 1) * 1.02)
     if min(losses) > 0 and max(losses) / min(losses) > 20:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
         ax.set_yscale("log")
+        # Plain numbers: the log axis's own labels are mathtext, which an SVG with text kept as
+        # text would show as "$\\mathdefault{10^{0}}$".
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     return _svg(figure, f"Training loss by step, {len(loss_history)} points up to step {loss_history[-1][0]}")
 
 

@@ -131,11 +131,19 @@ class TrainingJobAdmin(admin.ModelAdmin):
         "finished",
     ]
     readonly_fields = fields
+    FINE_TUNING_ONLY = {"base", "rank", "prompt_template", "train_text_encoder"}
     actions = ["cancel", "retry"]
     change_form_template = "admin/generation/trainingjob/change_form.html"
 
     def has_add_permission(self, request):
         return False
+
+    def get_fields(self, request, obj=None):
+        """Only what the job's method uses: no LoRA rank on a model trained from scratch."""
+        unused = (
+            self.FINE_TUNING_ONLY if obj and obj.method == TrainingJob.Method.UNCONDITIONAL else {"width"}
+        )
+        return [name for name in self.fields if name not in unused]
 
     @admin.display(description="Progress")
     def progress(self, obj):

@@ -96,6 +96,8 @@ class DemoTraining:
     resolution: int = 32
     width: int = 16
     checkpoint_every: int = 100
+    # A grid of four images every this many steps, on the job's page: the model seen learning.
+    preview_every: int = 100
     seed: int = 0
 
 
@@ -127,6 +129,7 @@ def demo_training_ensure(*, training: DemoTraining):
             seed=training.seed,
             width=training.width,
             checkpoint_every=training.checkpoint_every,
+            preview_every=training.preview_every,
         )
     if job.status in (Status.QUEUED, Status.RUNNING):
         training_cancel(job=job)

@@ -313,4 +313,12 @@ def test_a_fine_tuned_models_record_names_its_base_version_prompts_and_peft(clie
     assert base_link in page and "version 3 (StableDiffusionPipeline, <code>/models/sd</code>)" in page
     assert "chest x-ray, cardiomegaly (3)<br>chest x-ray (1)" in page
     assert '<th scope="row">peft</th><td>0.17.1</td>' in page
-    assert '<th scope="row">Rank</th><td>8</td>' in page and "0 training images" in page
+    assert '<th scope="row">LoRA rank</th><td>8</td>' in page and "0 training images" in page
+
+
+def test_a_loss_curve_over_decades_has_a_log_axis_labelled_in_plain_numbers(db):
+    from generation.plots import loss_curve
+
+    svg = str(loss_curve([[step, 1.0 / step] for step in range(1, 201)]))
+    assert "mathdefault" not in svg and "$" not in svg
+    assert ">1</text>" in svg and ">0.01</text>" in svg
