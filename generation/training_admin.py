@@ -91,8 +91,9 @@ def training_record(job: TrainingJob | None):
 
 def _hyperparameters(recorded: dict) -> list[tuple[str, object]]:
     """(label, value) in the job's order (a JSON column keeps no order), then any others."""
-    names = [name for name in TrainingJob.HYPERPARAMETERS if name in recorded]
-    names += sorted(set(recorded) - set(names))
+    unused = TrainingJobAdmin.FINE_TUNING_ONLY if recorded.get("method") == "unconditional" else {"width"}
+    names = [name for name in TrainingJob.HYPERPARAMETERS if name in recorded and name not in unused]
+    names += sorted(set(recorded) - set(TrainingJob.HYPERPARAMETERS))
     labels = {field.name: capfirst(field.verbose_name) for field in TrainingJob._meta.fields}
     return [(labels.get(name, name), recorded[name]) for name in names]
 
