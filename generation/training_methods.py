@@ -7,6 +7,7 @@ encoder when asked). The loop, checkpoints and the job are in generation/trainin
 """
 
 import contextlib
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import diffusers
@@ -27,7 +28,7 @@ PREVIEW_SEEDS = range(4)
 PREVIEW_STEPS = 10
 
 
-class Trainee:
+class Trainee(ABC):
     """The modules a method trains (`trained`, by name, as the checkpoints hold them) and
     the pipeline of the same class as the one that will be registered (`pipeline`)."""
 
@@ -74,17 +75,17 @@ class Trainee:
         frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
         return {key for key in module.state_dict() if key in trainable or key not in frozen}
 
+    @abstractmethod
     def predict(self, chosen: torch.Tensor, generator: torch.Generator) -> tuple:
         """(prediction, target, timesteps) for the images at `chosen`; noise from `generator`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def draw(self, *, seeds, resolution: int, guidance: float) -> PILImage.Image:
         """A 2 x 2 grid of grey images at these seeds with the current weights."""
-        raise NotImplementedError
 
+    @abstractmethod
     def save(self, folder: Path) -> None:
         """Write what gets registered: a pipeline folder, or a LoRA adapter folder."""
-        raise NotImplementedError
 
     def _noisy(self, clean: torch.Tensor, generator: torch.Generator) -> tuple:
         # Drawn on the CPU generator whatever the device: the same numbers everywhere.
