@@ -1,30 +1,40 @@
 """Training throughput: the app's training loop against the same loop written directly.
 
-    .venv/bin/python benchmarks/training.py [--resolution 32] [--width 32] [--batch 8] [--steps 30]
-        [--rounds 3] [--threads 1] [--bf16]
+    .venv/bin/python benchmarks/training.py [--method unconditional|lora|full] [--resolution 32]
+        [--width 32] [--batch 8] [--steps 30] [--rounds 3] [--threads 1] [--bf16] [--rank 4]
     .venv/bin/python benchmarks/training.py --sd15 [--batch 8] [--steps 20] [--rounds 2]   # on a GPU
+    .venv/bin/python benchmarks/training.py --sd15 --small --batch 2 --steps 2 --rounds 1  # CPU check
 
 Default mode, images/s of
-  (a) app      generation.training.training_loop with Params(...), the loop a training
-               job runs on a worker (no checkpoint inside the timed steps);
-  (b) direct   the same loop written here with diffusers and torch: the same
-               UNet2DModel config and seed, batch, steps, precision, AdamW,
-               DDPMScheduler.add_noise and MSE loss;
+  (a) app      generation.training.training_loop with Params(method=...), the loop a
+               training job runs on a worker (no checkpoint inside the timed steps);
+  (b) direct   the same loop written here with diffusers, transformers, peft and torch
+               alone, same model, seed, batch, steps, precision, AdamW and MSE loss:
+               unconditional: the app's UNet2DModel config, DDPMScheduler.add_noise;
+               lora / full: a random-weight StableDiffusionPipeline folder built once
+               (generation.tiny's pipeline with a wider UNet, --width), each run loading
+               it, encoding each batch with the VAE (grey repeated to RGB, a latent
+               sample times the scaling factor), the frozen CLIP encoder's states of each
+               image's prompt, the base's noise schedule, and LoRA rank --rank through
+               peft on to_q/to_k/to_v/to_out.0 (lora) or the whole UNet (full);
 each round runs both in fresh child processes, in alternating order, on the same
 phantom images (drawn by studies.imaging.phantoms, not clinical). Target: (a) / (b)
 at least 0.95 (the median of the rounds). Also per CPU second of the process: on a
 shared machine that ratio is far steadier than wall time (--threads 1 steadies it
 more). Peak memory: the child's resident-set high-water mark (VmHWM) and its rise
-during the loop on the CPU, torch.cuda.max_memory_allocated on a GPU.
+during the loop on the CPU, torch.cuda.max_memory_allocated on a GPU. Loading the
+model is inside the timed run for both, as a job pays it.
 
---sd15 (for a GPU): a random-weight UNet2DConditionModel with Stable Diffusion 1.5's
-config (no download) on 64 x 64 latents (512 px images) with random text embeddings,
-trained directly with LoRA rank 4 (peft on to_q/to_k/to_v/to_out.0) and as a full
-UNet, bf16 autocast; images/s, peak GPU memory, and the FLOPs of one step (forward
-and backward, torch.utils.flop_counter) as a fraction of the dense bf16 peak. It
-measures the direct loops only: the app's LoRA and full fine-tuning load a
-registered pipeline folder (VAE and text encoder too), which is compared when the
-app's side exposes a loop that takes a UNet.
+--sd15 (for a GPU): first, once under a temporary folder, a random-weight
+StableDiffusionPipeline with SD 1.5's UNet config, an AutoencoderKL of SD's shape and
+a CLIP text encoder of SD 1.5's size (generation.tiny's local tokenizer; no download),
+saved with save_pretrained; on it the app's LoRA and full loops against the direct
+ones as above, 512 px images, float32 weights under bf16 autocast. Then the UNet alone
+(random 64 x 64 latents and random text states), trained directly with LoRA rank 4 on
+a frozen bf16 base (as diffusers' train_text_to_image_lora.py) and as a full UNet, bf16
+autocast: images/s, peak GPU memory, and the FLOPs of one step (forward and backward,
+torch.utils.flop_counter) as a fraction of the dense bf16 peak. --small runs all of it
+at toy shapes on a CPU: a check of the script, not a measurement.
 """
 
 import argparse
@@ -142,9 +152,15 @@ def run_app(args, images, var: Path) -> float:
         width=args.width,
         checkpoint_every=10**9,
         mixed_precision="bf16" if args.bf16 else "no",
+        rank=args.rank,
+        method=args.method,
+        base_path=args.base or "",
     )
+    prompts = training_prompts(len(images)) if args.method != "unconditional" else None
     start = time.perf_counter()
-    outcome = training_loop(params=params, images=images, folder=var / "checkpoints", until=args.steps)
+    outcome = training_loop(
+        params=params, images=images, folder=var / "checkpoints", until=args.steps, prompts=prompts
+    )
     _synchronize()
     seconds = time.perf_counter() - start
     assert outcome.step == args.steps
@@ -153,6 +169,8 @@ def run_app(args, images, var: Path) -> float:
 
 def run_direct(args, images, var: Path) -> float:
     """The loop as one would write it from diffusers' examples; nothing from the app."""
+    if args.method != "unconditional":
+        return run_direct_sd(args, images)
     import diffusers
     import torch
     import torch.nn.functional as F
@@ -190,6 +208,140 @@ def run_direct(args, images, var: Path) -> float:
         optimizer.step()
     _synchronize()
     return time.perf_counter() - start
+
+
+FINDINGS = ["normal", "cardiomegaly", "pleural effusion", "pneumothorax"]
+
+
+def training_prompts(count: int) -> list[str]:
+    """Each image's prompt, as a job makes them from the default template: four distinct ones."""
+    return [f"chest x-ray, {FINDINGS[i % len(FINDINGS)]}" for i in range(count)]
+
+
+def run_direct_sd(args, images) -> float:
+    """LoRA or full fine-tuning of a StableDiffusionPipeline folder, written from diffusers'
+    train_text_to_image(_lora).py with diffusers, transformers and peft alone: the VAE's
+    latents, the frozen CLIP encoder's states (each distinct prompt once), add_noise, MSE, AdamW."""
+    import diffusers
+    import torch
+    import torch.nn.functional as F
+    import transformers
+    from peft import LoraConfig
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    start = time.perf_counter()
+    folder = args.base
+    vae = diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(
+        folder, subfolder="tokenizer", local_files_only=True
+    )
+    text_encoder = transformers.CLIPTextModel.from_pretrained(
+        folder, subfolder="text_encoder", local_files_only=True
+    )
+    unet = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    scheduler = diffusers.DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+    for module in (vae, text_encoder, unet):
+        module.requires_grad_(False)
+        module.eval()
+    if args.method == "lora":
+        torch.manual_seed(0)
+        unet.add_adapter(
+            LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
+                       target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+        )  # fmt: skip
+    else:
+        unet.requires_grad_(True)
+    vae.to(device)
+    text_encoder.to(device)
+    unet.to(device)
+    unet.train()
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    prompts = training_prompts(len(images))
+    distinct = sorted(set(prompts))
+    with torch.no_grad():
+        tokens = tokenizer(
+            distinct, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)  # fmt: skip
+        states = dict(zip(distinct, text_encoder(tokens)[0], strict=True))
+    context_of = torch.stack([states[prompt] for prompt in prompts])
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(images), generator=generator)
+    channels = vae.config.in_channels
+    for step in range(args.steps):
+        chosen = order[torch.arange(step * args.batch, (step + 1) * args.batch) % len(images)]
+        pixels = images[chosen].to(device).float() / 127.5 - 1.0
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
+            with torch.no_grad():
+                posterior = vae.encode(pixels.repeat(1, channels, 1, 1)).latent_dist
+                latents = posterior.sample(generator=generator) * vae.config.scaling_factor
+            noise = torch.randn(latents.shape, generator=generator).to(device)
+            timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(latents),), generator=generator).to(device)
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            predicted = unet(noisy, timesteps, encoder_hidden_states=context_of[chosen.to(device)]).sample
+        loss = F.mse_loss(predicted.float(), noise.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _synchronize()
+    return time.perf_counter() - start
+
+
+def sd_base(path: Path, *, width: int, sd15: bool = False, small: bool = False) -> tuple[Path, int]:
+    """A random-weight StableDiffusionPipeline folder, saved with save_pretrained; and its image size.
+
+    Default: generation.tiny's pipeline made wider (VAE 8/16 channels, UNet width/2*width
+    channels, 8-channel heads; the tiny CLIP encoder). --sd15: SD 1.5's UNet config, an
+    AutoencoderKL of SD's shape (128/256/512/512, 8x down) and a CLIP text encoder of SD
+    1.5's size (12 layers of 768), all random; --small shrinks each to a toy for a CPU check.
+    The tokenizer is generation.tiny's local vocabulary (no download).
+    """
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers import CLIPTextModel
+
+    from generation import tiny
+
+    diffusers_logging.disable_progress_bar()
+    tokenizer = tiny.clip_tokenizer()
+    if sd15:
+        channels = (8, 8, 8, 8) if small else (128, 256, 512, 512)
+        torch.manual_seed(0)
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1 if small else 2,
+            block_out_channels=channels, down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=2 if small else 32,
+            sample_size=64 if small else 512, scaling_factor=0.18215,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        unet = sd15_unet(small)
+        config = tiny.clip_config(tokenizer)
+        if not small:  # openai/clip-vit-large-patch14's text tower, as SD 1.5 uses it
+            for key, value in dict(
+                hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                projection_dim=768, hidden_act="quick_gelu",
+            ).items():  # fmt: skip
+                setattr(config, key, value)
+        torch.manual_seed(0)
+        encoder = CLIPTextModel(config)
+        size = unet.config.sample_size * 8
+    else:
+        vae = tiny.kl_vae((8, 16))
+        size = 32
+        unet = tiny.cond_unet(
+            size // 2, cross_attention_dim=32, block_out_channels=(width, 2 * width), attention_head_dim=8,
+            norm_num_groups=8,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        encoder = CLIPTextModel(tiny.clip_config(tokenizer))
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet, scheduler=tiny.sd_ddim(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(path, safe_serialization=True)
+    return Path(path), size
 
 
 def _synchronize() -> None:
@@ -331,6 +483,7 @@ def child(args, kind: str) -> dict:
     for name in ("resolution", "width", "batch", "steps", "images", "rank", "threads"):
         argv += [f"--{name}", str(getattr(args, name))]
     argv += ["--bf16"] * args.bf16 + ["--sd15"] * args.sd15 + ["--small"] * args.small
+    argv += ["--method", args.method] + (["--base", str(args.base)] if args.base else [])
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         raise SystemExit(f"the {kind} run failed:\n{done.stderr[-4000:]}")
@@ -342,8 +495,22 @@ def mib(n: float) -> str:
 
 
 def main_small(args) -> None:
+    if args.method == "unconditional":
+        compare(args, f"UNet2DModel {args.resolution} px, width {args.width}")
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-train-base-") as tmp:
+        args.base, args.resolution = sd_base(Path(tmp) / "base", width=args.width)
+        compare(
+            args,
+            f"{args.method}: a random-weight StableDiffusionPipeline (generation.tiny's, UNet width "
+            f"{args.width}/{2 * args.width}), {args.resolution} px images, {args.resolution // 2} px latents",
+        )
+
+
+def compare(args, model: str) -> list[float]:
+    """Rounds of (a) app and (b) direct in fresh processes, alternating; the ratios printed."""
     print(
-        f"UNet2DModel {args.resolution} px, width {args.width}, batch {args.batch}, {args.steps} steps, "
+        f"{model}, batch {args.batch}, {args.steps} steps, "
         f"{'bf16 autocast' if args.bf16 else 'float32'}, {args.images} phantom images; {args.rounds} rounds, "
         f"{args.threads or 'default'} torch threads",
         flush=True,
@@ -369,12 +536,27 @@ def main_small(args) -> None:
         print(
             f"(a) / (b) in {what} per round: {listed}; median {statistics.median(values):.3f} (target: 0.95)"
         )
+    return ratios
 
 
 def main_sd15(args) -> None:
     shapes = "toy shapes (--small: a check of the script, not SD 1.5)" if args.small else "SD 1.5's config"
-    print(f"UNet2DConditionModel, {shapes}, random weights; batch {args.batch}, {args.steps} steps, "
-          f"bf16 autocast; direct loops only; {args.rounds} rounds", flush=True)  # fmt: skip
+    args.bf16 = True
+    with tempfile.TemporaryDirectory(prefix="bench-train-sd15-") as tmp:
+        args.base, args.resolution = sd_base(
+            Path(tmp) / "base", width=args.width, sd15=True, small=args.small
+        )
+        for method in ("lora", "full"):
+            args.method = method
+            compare(
+                args,
+                f"{method}: the app's loop on a random-weight StableDiffusionPipeline folder, {shapes} "
+                f"(UNet, VAE, CLIP text encoder), {args.resolution} px images; float32 weights",
+            )
+    args.method, args.base = "unconditional", None
+    print(f"UNet2DConditionModel alone, {shapes}, random weights, random latents and text states; "
+          f"batch {args.batch}, {args.steps} steps, bf16 autocast; direct loops only; {args.rounds} rounds",
+          flush=True)  # fmt: skip
     for number in range(args.rounds):
         for kind in ["lora", "full"] if number % 2 == 0 else ["full", "lora"]:
             r = child(args, kind)
@@ -409,6 +591,13 @@ def main() -> None:
     parser.add_argument(
         "--small", action="store_true", help="--sd15 at toy shapes, to check the script on a CPU"
     )
+    parser.add_argument(
+        "--method",
+        choices=["unconditional", "lora", "full"],
+        default="unconditional",
+        help="default mode: the training method compared (lora and full on a tiny random SD pipeline)",
+    )
+    parser.add_argument("--base", help=argparse.SUPPRESS)  # the pipeline folder, for the children
     parser.add_argument("--child", choices=["app", "direct", "lora", "full"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child in ("lora", "full"):
