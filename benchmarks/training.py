@@ -301,10 +301,12 @@ def sd_base(path: Path, *, width: int, sd15: bool = False, small: bool = False) 
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextModel
+    from transformers.utils import logging as transformers_logging
 
     from generation import tiny
 
     diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     tokenizer = tiny.clip_tokenizer()
     if sd15:
         channels = (8, 8, 8, 8) if small else (128, 256, 512, 512)
