@@ -1,10 +1,14 @@
-"""/healthz: is the database up, the broker reachable, and does a worker answer?
+"""/healthz: is the database up, the broker reachable, the storage answering, and does a worker answer?
 
 For load balancers and monitors, so it needs no login. It names what is down but
 never how it is configured (no URLs, hosts or passwords).
 """
 
+import os
+from pathlib import Path
+
 from django.contrib.auth.decorators import login_not_required
+from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
@@ -35,7 +39,26 @@ def check_worker() -> str:
     return f"ok: {len(replies)} worker(s)"
 
 
-CHECKS = {"database": check_database, "broker": check_broker, "worker": check_worker}
+def check_storage() -> str:
+    """The store answers and takes this app's keys (a read; /healthz writes nothing)."""
+    default_storage.exists("healthz-probe")  # forces the lazy storage; raises if it cannot answer
+    storage = default_storage._wrapped
+    if isinstance(storage, FileSystemStorage):
+        folder = Path(storage.location)
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise RuntimeError("the media folder is not a writable folder")
+        return "ok: filesystem"
+    return "ok: object storage"
+
+
+CHECKS = {
+    "database": check_database,
+    "broker": check_broker,
+    "worker": check_worker,
+    "storage": check_storage,
+}
 
 
 def run_checks() -> dict[str, tuple[bool, str]]:

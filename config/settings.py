@@ -14,6 +14,7 @@ from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from .env import env_bool, env_int, env_list, env_str, local_secret_key
+from .storage import FILESYSTEM, object_storage_options, storage_from_url
 
 # Models are always loaded from local folders: never reach for the Hugging Face hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -125,6 +126,34 @@ TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
 
+# Every file the app keeps (uploads, images, models, checkpoints) goes through the
+# storage API (config/storage.py): the folder MEDIA_ROOT by default, S3-compatible
+# object storage with STORAGE_URL=s3://KEY:SECRET@host:port/bucket/prefix or the
+# AWS_* variables. There is no MEDIA_URL on purpose: readers get images only through
+# views that check they are assigned to them, never from the store itself.
+STORAGE_URL = env_str("STORAGE_URL", "")
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
+if STORAGE_URL.startswith("file://"):
+    MEDIA_ROOT = Path(storage_from_url(STORAGE_URL)["OPTIONS"]["location"])
+
+
+def default_storage_entry() -> dict:
+    if STORAGE_URL and not STORAGE_URL.startswith("file://"):
+        return storage_from_url(STORAGE_URL)
+    if env_str("AWS_STORAGE_BUCKET_NAME"):
+        # The usual django-storages variables; keys may also come from boto3's own chain
+        # (AWS_ACCESS_KEY_ID in the environment, an instance role).
+        options = {
+            "bucket_name": env_str("AWS_STORAGE_BUCKET_NAME"),
+            "location": env_str("AWS_LOCATION"),
+            "region_name": env_str("AWS_S3_REGION_NAME") or None,
+            "endpoint_url": env_str("AWS_S3_ENDPOINT_URL") or None,
+            "addressing_style": env_str("AWS_S3_ADDRESSING_STYLE") or None,
+        }
+        return object_storage_options({k: v for k, v in options.items() if v is not None})
+    return {"BACKEND": FILESYSTEM}  # MEDIA_ROOT, read when used (tests change it)
+
+
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
@@ -135,7 +164,7 @@ WHITENOISE_AUTOREFRESH = DEBUG
 if not PRODUCTION:
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": default_storage_entry(),
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if PRODUCTION
@@ -143,9 +172,6 @@ STORAGES = {
     },
 }
 
-# Uploaded and generated images. There is no MEDIA_URL on purpose: readers get
-# images only through views that check they are assigned to them.
-MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 
 # --- Celery (config/celery.py reads every CELERY_* name below) ---------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")

@@ -1,23 +1,22 @@
 """Writing reader images and originals: opaque names, atomic files, no telling file times.
 
+The storage (config/storage.py) makes each write atomic and gives every file the same time.
+
 Real radiographs (on import) and synthetic images (on generation) both come
 through `image_build`, so both get the same normaliser and the same kind of file.
 """
 
 import hashlib
-import os
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db.models.fields.files import FieldFile
 
+from config.storage import NEUTRAL_MTIME  # noqa: F401  (every file's time, set by the storage)
+
 from .imaging.decode import Decoded
 from .imaging.normalise import normalise
 from .models import Image
-
-# Every stored file gets this modification time (2000-01-01), so a Last-Modified
-# or ETag made from it by a web server cannot date an image or tell real from generated.
-NEUTRAL_MTIME = 946_684_800
 
 
 def sha256(data: bytes) -> str:
@@ -25,13 +24,8 @@ def sha256(data: bytes) -> str:
 
 
 def file_write(field: FieldFile, data: bytes) -> None:
-    """Save bytes under the field's opaque name, then blank the file's time."""
+    """Save bytes under the field's opaque name, whole or not at all (config/storage.py)."""
     field.save("opaque", ContentFile(data), save=False)
-    try:
-        path = field.path
-    except NotImplementedError:  # storage without local paths: nothing to blank
-        return
-    os.utime(path, (NEUTRAL_MTIME, NEUTRAL_MTIME))
 
 
 def files_delete(image: Image) -> None:

@@ -7,9 +7,9 @@ largest radiograph, so memory stays bounded whatever the archive.
 """
 
 import csv
+import io
 import json
 import re
-import shutil
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+
+from config.storage import local_copies, storage_delete_tree
 
 from .images import file_write, files_delete, image_build, sha256
 from .imaging.decode import MAX_FILE_BYTES, ImageRefused, decode
@@ -218,24 +221,32 @@ def _file_sources(path: Path, label: str) -> Iterator[Source]:
 def load_findings(path: str | Path) -> dict[str, str]:
     """A CSV with columns `file` and `finding`: file names (or paths) to finding texts."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
-            missing = [c for c in ("file", "finding") if c not in columns]
-            if missing:
-                raise ValueError(
-                    f"{path}: the header must name the columns 'file' and 'finding' "
-                    f"(missing: {', '.join(missing)})"
-                )
-            findings = {}
-            for row in reader:
-                name = (row.get(columns["file"]) or "").strip()
-                if not name:
-                    raise ValueError(f"{path}, line {reader.line_num}: the 'file' column is empty")
-                findings[name] = (row.get(columns["finding"]) or "").strip()
-            return findings
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
         raise ValueError(f"{path}: cannot read the findings CSV ({exc})") from None
+    return parse_findings(data, where=str(path))
+
+
+def parse_findings(data: bytes, *, where: str) -> dict[str, str]:
+    try:
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline=""))
+        columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+        missing = [c for c in ("file", "finding") if c not in columns]
+        if missing:
+            raise ValueError(
+                f"{where}: the header must name the columns 'file' and 'finding' "
+                f"(missing: {', '.join(missing)})"
+            )
+        findings = {}
+        for row in reader:
+            name = (row.get(columns["file"]) or "").strip()
+            if not name:
+                raise ValueError(f"{where}, line {reader.line_num}: the 'file' column is empty")
+            findings[name] = (row.get(columns["finding"]) or "").strip()
+        return findings
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{where}: cannot read the findings CSV ({exc})") from None
 
 
 def finding_for(name: str, findings: dict[str, str]) -> str:
@@ -271,9 +282,9 @@ def image_import(*, image_set: ImageSet, source: Source, finding: str = "") -> O
         )
     except ValueError as exc:  # the normaliser's own checks: still this file's problem only
         return Outcome(source.name, Status.REFUSED, f"cannot be normalised ({exc})")
-    if settings.KEEP_ORIGINALS:
-        file_write(image.original, data)
     try:
+        if settings.KEEP_ORIGINALS:
+            file_write(image.original, data)
         with transaction.atomic():
             image.save()
     except IntegrityError:
@@ -281,6 +292,11 @@ def image_import(*, image_set: ImageSet, source: Source, finding: str = "") -> O
         files_delete(image)
         existing = _same_file(image_set, digest)
         return Outcome(source.name, Status.DUPLICATE, f"same file as {existing.source_name}", existing)
+    except BaseException:
+        # The original could not be written (a full disk) or the row saved: the reader
+        # file written a moment ago must not stay behind as an orphan.
+        files_delete(image)
+        raise
     note = ""
     if min(decoded.width, decoded.height) < image.size:
         note = (
@@ -310,45 +326,74 @@ def images_import(
 # --- Imports uploaded in the admin, run by a worker ---------------------------------
 
 
-def upload_dir(job: ImportJob) -> Path:
-    return settings.MEDIA_ROOT / job.upload_dir
-
-
 MANIFEST = "manifest.json"
 
 
+def _stored_bytes(storage, name: str) -> bytes:
+    size = storage.size(name)
+    if size > MAX_FILE_BYTES:
+        raise ImageRefused(
+            f"file too large ({size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB)"
+        )
+    with storage.open(name, "rb") as f:
+        return f.read()
+
+
+def _stored_sources(storage, labels: dict[str, str], zips: dict[str, Path]) -> Iterator[Source]:
+    """An upload's stored files: zips from their local copies, others read when their turn comes."""
+    for name, label in labels.items():
+        if name in zips:
+            yield from _file_sources(zips[name], label)
+        else:
+            yield Source(label, lambda name=name: _stored_bytes(storage, name))
+
+
 def import_job_run(*, job_id: int) -> None:
-    """Import an uploaded job's files, recording each result; safe to run twice."""
+    """Import an uploaded job's files, recording each result; safe to run twice.
+
+    The upload is read from the storage (config/storage.py), so the worker may be on
+    any host; zips are fetched to a temporary local file first (zipfile seeks).
+    """
     job = ImportJob.objects.select_related("image_set").get(pk=job_id)
     if job.status in (ImportJob.Status.DONE, ImportJob.Status.FAILED):
         return
-    folder = upload_dir(job)
-    findings_path = folder / "findings.csv"
+    storage, base = default_storage, job.upload_dir
     try:
-        findings = load_findings(findings_path) if findings_path.exists() else {}
-        manifest = json.loads((folder / MANIFEST).read_text())
+        with storage.open(f"{base}/{MANIFEST}", "rb") as f:
+            manifest = json.loads(f.read())
+        findings_name = f"{base}/findings.csv"
+        findings = {}
+        if storage.exists(findings_name):
+            with storage.open(findings_name, "rb") as f:
+                findings = parse_findings(f.read(), where="findings.csv")
     except (ValueError, OSError) as exc:
-        _job_finish(job, ImportJob.Status.FAILED, str(exc))
+        _job_finish(job, ImportJob.Status.FAILED, f"The upload cannot be read: {exc}")
         return
-    files = [folder / "files" / stored for stored in manifest]
-    labels = {folder / "files" / stored: name for stored, name in manifest.items()}
+    labels = {f"{base}/files/{stored}": name for stored, name in manifest.items()}
     done = set(job.results.values_list("name", flat=True))
-    ImportJob.objects.filter(pk=job.pk).update(
-        status=ImportJob.Status.RUNNING, total=count_sources(files), done=len(done)
-    )
-    todo = (s for s in sources_from_paths(files, labels) if s.name[:500] not in done)
     try:
-        for outcome in images_import(image_set=job.image_set, sources=todo, findings=findings):
-            ImportResult.objects.get_or_create(
-                job=job,
-                name=outcome.name[:500],
-                defaults={"status": outcome.status, "reason": outcome.reason, "image": outcome.image},
+        with local_copies(storage, [n for n in labels if n.lower().endswith(".zip")]) as zips:
+            ImportJob.objects.filter(pk=job.pk).update(
+                status=ImportJob.Status.RUNNING,
+                total=count_sources(zips.values()) + len(labels) - len(zips),
+                done=len(done),
             )
-            ImportJob.objects.filter(pk=job.pk).update(done=job.results.count())
+            todo = (s for s in _stored_sources(storage, labels, zips) if s.name[:500] not in done)
+            for outcome in images_import(image_set=job.image_set, sources=todo, findings=findings):
+                ImportResult.objects.get_or_create(
+                    job=job,
+                    name=outcome.name[:500],
+                    defaults={"status": outcome.status, "reason": outcome.reason, "image": outcome.image},
+                )
+                ImportJob.objects.filter(pk=job.pk).update(done=job.results.count())
     except Exception as exc:
         # Not a bad file (those are refused) but a broken server: say so on the job,
         # keep what was imported, and let the worker log the traceback.
-        message = f"The import stopped: {type(exc).__name__}: {exc}. Retry it from the list of import jobs."
+        imported = job.results.filter(status=ImportResult.Status.IMPORTED).count()
+        message = (
+            f"The import stopped after {imported} image(s): {type(exc).__name__}: {exc}. "
+            "Retry it from the list of import jobs: files already done are skipped."
+        )
         _job_finish(job, ImportJob.Status.FAILED, message[:2000], keep_upload=True)
         raise
     _job_finish(job, ImportJob.Status.DONE, "")
@@ -357,7 +402,7 @@ def import_job_run(*, job_id: int) -> None:
 def _job_finish(job: ImportJob, status: str, error: str, *, keep_upload: bool = False) -> None:
     ImportJob.objects.filter(pk=job.pk).update(status=status, error=error, finished=timezone.now())
     if not keep_upload:
-        shutil.rmtree(upload_dir(job), ignore_errors=True)
+        storage_delete_tree(default_storage, job.upload_dir)
 
 
 def import_jobs_retry(*, jobs) -> int:
@@ -366,7 +411,7 @@ def import_jobs_retry(*, jobs) -> int:
 
     retried = 0
     for job in jobs.filter(status=ImportJob.Status.FAILED):
-        if upload_dir(job).exists():
+        if default_storage.exists(f"{job.upload_dir}/{MANIFEST}"):
             ImportJob.objects.filter(pk=job.pk).update(
                 status=ImportJob.Status.QUEUED, error="", finished=None
             )

@@ -5,8 +5,11 @@ import re
 import secrets
 from pathlib import Path
 
-from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import transaction
+
+from config.storage import storage_delete_tree
 
 from .imports import MANIFEST
 from .models import ImageSet, ImportJob
@@ -34,22 +37,26 @@ def _label(original: str, taken: set[str]) -> str:
 
 @transaction.atomic
 def import_job_create(*, image_set: ImageSet, files, findings=None) -> ImportJob:
-    """Save the uploaded files where workers can reach them and queue their import."""
+    """Store the uploaded files where workers can reach them and queue their import.
+
+    They go to the storage (a folder or object storage, config/storage.py), under a
+    random prefix: a worker on any host reads them from there. If storing fails (a full
+    disk, the store away), what was stored is removed and the error is raised.
+    """
     relative = f"uploads/{secrets.token_hex(16)}"
-    folder = settings.MEDIA_ROOT / relative / "files"
-    folder.mkdir(parents=True)
     manifest, taken = {}, set()
-    for index, upload in enumerate(files, start=1):
-        stored = _stored_name(index, upload.name)
-        with open(folder / stored, "wb") as out:
-            for chunk in upload.chunks():
-                out.write(chunk)
-        manifest[stored] = _label(upload.name, taken)
-    (folder.parent / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    if findings is not None:
-        with open(folder.parent / "findings.csv", "wb") as out:
-            for chunk in findings.chunks():
-                out.write(chunk)
+    try:
+        for index, upload in enumerate(files, start=1):
+            stored = _stored_name(index, upload.name)
+            default_storage.save(f"{relative}/files/{stored}", upload)
+            manifest[stored] = _label(upload.name, taken)
+        if findings is not None:
+            default_storage.save(f"{relative}/findings.csv", findings)
+        # The manifest last: an upload without one was never finished.
+        default_storage.save(f"{relative}/{MANIFEST}", ContentFile(json.dumps(manifest, indent=1).encode()))
+    except BaseException:
+        storage_delete_tree(default_storage, relative)
+        raise
     job = ImportJob.objects.create(image_set=image_set, upload_dir=relative)
     run_import_job.delay_on_commit(job.pk)
     return job

@@ -14,6 +14,8 @@ from django.utils.html import escape
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
+from config.storage import accel_redirect_target
+
 from .blinding import truth_may_be_shown
 from .models import Image, Study
 from .selectors import (
@@ -170,13 +172,13 @@ def presentation_image(request, presentation_id):
     file = reader_file(presentation)
     if settings.READER_IMAGE_ACCEL_PREFIX:
         response = HttpResponse(content_type="image/png")
-        response["X-Accel-Redirect"] = settings.READER_IMAGE_ACCEL_PREFIX + file.name
+        response["X-Accel-Redirect"] = accel_redirect_target(file, settings.READER_IMAGE_ACCEL_PREFIX)
     else:
         try:
             with file.open("rb") as f:
                 response = HttpResponse(f.read(), content_type="image/png")
         except FileNotFoundError:
-            logger.error("The file of image %s is missing from MEDIA_ROOT", presentation.image_id)
+            logger.error("The file of image %s is missing from the storage", presentation.image_id)
             raise Http404 from None
     response["Cache-Control"] = "private, no-store"
     return response

@@ -13,6 +13,9 @@ from django.db import connection
 
 from config.celery import app as celery_app
 from config.celery import worker_command
+from config.storage import FILESYSTEM, storage_from_url
+
+from . import seaweedfs
 
 
 def pytest_report_header(config):
@@ -42,11 +45,63 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_browser)
 
 
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory):
+    """The SeaweedFS S3 server (tests/seaweedfs.py): the one .ci/run started, or one started here."""
+    folder = tmp_path_factory.mktemp("seaweedfs") / "data"
+    process = seaweedfs.ensure(folder)
+    yield seaweedfs.s3_url()
+    if process:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+
+
+def use_object_storage(settings, prefix: str) -> str:
+    """Keep this test's files in the test bucket under `prefix`; the STORAGE_URL for its workers."""
+    settings.STORAGE_URL = seaweedfs.s3_url(prefix=prefix)
+    settings.STORAGES = {**settings.STORAGES, "default": storage_from_url(settings.STORAGE_URL)}
+    return settings.STORAGE_URL
+
+
+def use_filesystem(settings, folder) -> None:
+    settings.MEDIA_ROOT = folder
+    settings.STORAGE_URL = ""
+    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": FILESYSTEM}}
+
+
 @pytest.fixture(autouse=True)
-def media_root(settings, tmp_path):
-    """Each test stores its images in a folder of its own."""
-    settings.MEDIA_ROOT = tmp_path / "media"
+def media_root(settings, tmp_path, request):
+    """Each test keeps its files apart: in the S3 server's test bucket under a prefix of its
+    own (TEST_STORAGE=s3, the default), or in a folder of its own (TEST_STORAGE=filesystem).
+    Either way MEDIA_ROOT is a fresh folder, which holds the files under the filesystem."""
+    use_filesystem(settings, tmp_path / "media")
+    if settings.TEST_STORAGE == "s3" and "filesystem_storage" not in request.fixturenames:
+        request.getfixturevalue("object_store")
+        use_object_storage(settings, f"t/{uuid.uuid4().hex}")
     return settings.MEDIA_ROOT
+
+
+def stored_names(prefix: str = "") -> set[str]:
+    """Every file in this test's storage (folder or bucket prefix) under `prefix`, by name."""
+    from django.core.files.storage import default_storage
+
+    def walk(folder):
+        try:
+            folders, files = default_storage.listdir(folder)
+        except FileNotFoundError:
+            return
+        for name in files:
+            yield f"{folder}/{name}" if folder else name
+        for sub in folders:
+            yield from walk(f"{folder}/{sub}" if folder else sub)
+
+    return set(walk(prefix.strip("/")))
+
+
+@pytest.fixture
+def filesystem_storage(settings, media_root):
+    """For tests of the folder storage itself (its files' times, atomic renames): always a folder."""
+    return media_root
 
 
 @pytest.fixture
@@ -77,6 +132,7 @@ def worker_environment() -> dict[str, str]:
         env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
     env["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL
     env["MEDIA_ROOT"] = str(settings.MEDIA_ROOT)
+    env["STORAGE_URL"] = settings.STORAGE_URL
     return env
 
 

@@ -44,4 +44,10 @@ if os.environ.get("REQUIRE_SERVICES") == "1" and not TEST_SERVICES:
         "Start them, or set DATABASE_URL and CELERY_BROKER_URL."
     )
 
+# Where the suite keeps files: the SeaweedFS S3 server (tests/seaweedfs.py, started by the
+# fixtures if .ci/run did not), or folders with TEST_STORAGE=filesystem.
+TEST_STORAGE = os.environ.get("TEST_STORAGE", "s3")
+if TEST_STORAGE not in ("s3", "filesystem"):
+    raise ImproperlyConfigured(f"TEST_STORAGE={TEST_STORAGE!r}: use s3 or filesystem")
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,5 +1,7 @@
 """Admin of real image sets, their imports, and the images readers see."""
 
+import logging
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -13,11 +15,15 @@ from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 
+from config.storage import storage_error_text, storage_errors
+
 from ..forms import ImageUploadForm
 from ..imports import import_jobs_retry
 from ..models import Image, ImageSet, ImportJob, ImportResult
 from ..uploads import import_job_create
 from ..validators import no_formula_start
+
+logger = logging.getLogger(__name__)
 
 
 class ImageSetForm(forms.ModelForm):
@@ -75,9 +81,20 @@ class ImageSetAdmin(admin.ModelAdmin):
     def _import_form(self, request, image_set):
         form = ImageUploadForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
-            job = import_job_create(
-                image_set=image_set, files=form.cleaned_data["files"], findings=form.cleaned_data["findings"]
-            )
+            try:
+                job = import_job_create(
+                    image_set=image_set,
+                    files=form.cleaned_data["files"],
+                    findings=form.cleaned_data["findings"],
+                )
+            except storage_errors() as exc:  # a full disk, object storage away: nothing was kept
+                logger.exception("An upload could not be stored")
+                messages.error(
+                    request,
+                    f"The files could not be stored ({storage_error_text(exc)}); nothing was "
+                    "imported. Try again later, or tell whoever runs the server that its storage failed.",
+                )
+                return self._import_page(request, image_set, form, status=503)
             messages.info(request, "The files are uploaded; a worker is importing them.")
             return redirect("admin:studies_importjob_change", job.pk)
         return self._import_page(request, image_set, form)

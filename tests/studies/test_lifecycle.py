@@ -19,6 +19,7 @@ from studies.lifecycle import (
 from studies.models import Image, Presentation, Study, StudyImage, StudyModel
 from studies.services import study_reader_add
 from studies.tasks import preparation_advance
+from tests.conftest import stored_names
 from tests.generation.models import built
 from tests.generation.test_generate import make_images, run_job
 from tests.studies.study_fixtures import make_images as make_mixed_images
@@ -225,7 +226,8 @@ def test_a_draw_that_fails_on_the_worker_says_why_on_the_study_and_leaves_no_fil
     study_prepare(study=study)
     lost = image_set.images.order_by("pk").last()
     lost.file.storage.delete(lost.file.name)
-    before = {p for p in media_root.rglob("*") if p.is_file()}
+    before = stored_names()
+    assert before
 
     preparation_advance(study.pk)  # what the worker runs
 
@@ -233,7 +235,7 @@ def test_a_draw_that_fails_on_the_worker_says_why_on_the_study_and_leaves_no_fil
     assert study.status == Study.Status.PREPARING and not study.images.exists()
     assert study.preparation_error.startswith("Drawing the images failed on a worker:")
     assert preparation_error(study) == study.preparation_error
-    assert {p for p in media_root.rglob("*") if p.is_file()} == before  # the resized copies went too
+    assert stored_names() == before  # the resized copies went too
     study_back_to_draft(study=study)
     study.refresh_from_db()
     assert study.preparation_error == ""

@@ -1,9 +1,12 @@
 """Readers get images only through their own presentations, with identical headers."""
 
+import urllib.error
+import urllib.request
 import uuid
 
 import numpy as np
 import pytest
+from django.conf import settings as django_settings
 
 from studies.images import image_build
 from studies.imaging.decode import Decoded, decode
@@ -92,7 +95,7 @@ def test_a_missing_file_is_a_404_not_a_500(client, reader, study):
     assert client.get(image_url(presentation)).status_code == 404
 
 
-def test_nginx_can_send_the_file_behind_a_setting(client, reader, study, settings):
+def test_nginx_can_send_the_file_behind_a_setting(client, reader, filesystem_storage, study, settings):
     settings.READER_IMAGE_ACCEL_PREFIX = "/protected-media/"
     client.force_login(reader)
     presentation = study.presentations.first()
@@ -100,6 +103,26 @@ def test_nginx_can_send_the_file_behind_a_setting(client, reader, study, setting
     assert response["X-Accel-Redirect"] == "/protected-media/" + presentation.image.file.name
     assert response.content == b""
     assert response["Cache-Control"] == "private, no-store"
+
+
+@pytest.mark.skipif(django_settings.TEST_STORAGE != "s3", reason="needs the S3 server (TEST_STORAGE=s3)")
+def test_nginx_can_send_a_file_from_object_storage_by_a_signed_internal_path(client, reader, study, settings):
+    """What the README's nginx location does with the header: pass its path to the S3 server."""
+    settings.READER_IMAGE_ACCEL_PREFIX = "/protected-s3/"
+    client.force_login(reader)
+    presentation = study.presentations.first()
+    response = client.get(image_url(presentation))
+    target = response["X-Accel-Redirect"]
+    assert target.startswith("/protected-s3/") and "X-Amz-Signature=" in target
+    assert response.content == b"" and response["Cache-Control"] == "private, no-store"
+    endpoint = settings.STORAGES["default"]["OPTIONS"]["endpoint_url"]
+    fetched = urllib.request.urlopen(endpoint + "/" + target.removeprefix("/protected-s3/"), timeout=10)
+    assert fetched.read() == presentation.image.file.open("rb").read()
+    # Without the signature the store refuses: the bucket is private.
+    unsigned = endpoint + "/" + target.removeprefix("/protected-s3/").split("?")[0]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(unsigned, timeout=10)
+    assert refused.value.code == 403
 
 
 def test_two_images_of_different_origin_are_the_same_kind_of_file(study):

@@ -9,7 +9,9 @@ import tempfile
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
+from config.storage import storage_error_text, storage_errors
 from studies.imaging.phantoms import phantom, write_dicom, write_png16
 from studies.imports import Source, images_import
 from studies.models import ImageSet, ImportResult
@@ -61,7 +63,17 @@ class Command(BaseCommand):
         with tempfile.TemporaryDirectory(prefix="phantoms-") as tmp:
             paths = phantom_files_write(Path(tmp), count=count, first_seed=seed, size=size)
             sources = [Source(path.name, path.read_bytes) for path in paths]
-            outcomes = list(images_import(image_set=image_set, sources=sources))
+            outcomes = []
+            try:
+                for outcome in images_import(image_set=image_set, sources=sources):
+                    outcomes.append(outcome)
+            except (*storage_errors(), DatabaseError) as exc:
+                imported = sum(o.status == ImportResult.Status.IMPORTED for o in outcomes)
+                raise CommandError(
+                    f"The import stopped after {imported} of {count} phantoms were imported into "
+                    f"{set_name!r}: {storage_error_text(exc)} ({type(exc).__name__}). Run the same command "
+                    "again once that is fixed: phantoms already imported are skipped."
+                ) from exc
         counts = {s: sum(o.status == s for o in outcomes) for s in ImportResult.Status.values}
         for outcome in outcomes:
             if outcome.status == ImportResult.Status.REFUSED:
