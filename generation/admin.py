@@ -8,6 +8,7 @@ from django.views.decorators.http import require_POST
 from .forms import GenerateForm, GenerativeModelForm
 from .jobs import job_cancel, job_launch, job_progress, job_retry
 from .models import GeneratedImage, GenerationJob, GenerativeModel, ModelVersion, TrainingJob, WorkerReport
+from .operations import queue_lengths, workers_now
 from .registry import ModelRefused
 from .services import model_register, model_settings_update, worker_reports_request
 from .training_admin import FINE_TUNABLE, fine_tune_view, training_form_view, training_record
@@ -30,6 +31,16 @@ class WorkerReportAdmin(admin.ModelAdmin):
     def get_urls(self):
         ask = self.admin_site.admin_view(require_POST(self.ask_view))
         return [path("ask/", ask, name="generation_workerreport_ask"), *super().get_urls()]
+
+    def changelist_view(self, request, extra_context=None):
+        """Workers and queues now (asked of the broker as the page is shown), then past reports."""
+        context = {
+            "title": "Workers and queues",
+            "workers_now": workers_now(),
+            "queue_lengths": queue_lengths(),
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, extra_context=context)
 
     def ask_view(self, request):
         worker_reports_request()
