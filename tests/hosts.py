@@ -1,0 +1,347 @@
+"""Separate hosts on one machine: network namespaces joined by a bridge, for the multi-host test.
+
+Each host is a network namespace of its own (`ip netns`), with one veth link to a
+bridge in the machine's own namespace, its own working folder (VAR_DIR, model
+cache, temporary files, HOME) and no path in common with another host. The services
+(PostgreSQL, the broker, the S3 server) listen on the machine's 127.0.0.1, which no
+host can reach: a small forwarder on the bridge's address is the only way to them,
+over the links, as a service on another machine would be. Stopping a forwarder cuts
+every host off that service; killing a host's processes is a host that dies.
+
+`python -m tests.hosts forward ADDRESS PORT [PORT...]` is that forwarder.
+"""
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+@dataclass
+class Host:
+    name: str
+    address: str
+    folder: Path
+    network: "Network"
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str:
+        return self.network.namespace(self.name)
+
+    def environment(self, **extra: str) -> dict[str, str]:
+        """What a host of a deployment sets: its own folders, the shared settings, nothing else."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "HOME": str(self.folder / "home"),
+            "TMPDIR": str(self.folder / "tmp"),
+            "VAR_DIR": str(self.folder / "var"),
+            "MEDIA_ROOT": str(self.folder / "var" / "media"),  # unused: files go to the S3 server
+            "MODEL_CACHE_DIR": str(self.folder / "model-cache"),
+            "PYTHONUNBUFFERED": "1",
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            **self.network.settings,
+            **extra,
+        }
+        for key in ("HOME", "TMPDIR", "VAR_DIR", "MODEL_CACHE_DIR"):
+            Path(env[key]).mkdir(parents=True, exist_ok=True)
+        return env
+
+    def start(self, role: str, **extra: str) -> subprocess.Popen:
+        """`deploy/run ROLE` inside this host's namespace, logging to its folder."""
+        log = open(self.folder / f"{role}.log", "ab")
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", self.namespace, str(ROOT / "deploy" / "run"), role],
+            cwd=ROOT,
+            env=self.environment(**extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes[role] = process
+        return process
+
+    def run(self, role: str, timeout: float = 300, **extra: str) -> str:
+        process = self.start(role, **extra)
+        if process.wait(timeout=timeout) != 0:
+            raise RuntimeError(f"{self.name}: deploy/run {role} failed:\n{self.log(role)}")
+        return self.log(role)
+
+    def manage(self, *args: str, timeout: float = 300) -> str:
+        """`manage.py ...` on this host, as an operator would run it there."""
+        result = subprocess.run(
+            ["ip", "netns", "exec", self.namespace, sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            command = " ".join(args)
+            raise RuntimeError(f"{self.name}: manage.py {command} failed:\n{result.stdout}{result.stderr}")
+        return result.stdout
+
+    def log(self, role: str) -> str:
+        path = self.folder / f"{role}.log"
+        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+
+    def kill(self) -> None:
+        """The host dies: every process in its namespace gets SIGKILL at once, without a word."""
+        pids = sh("ip", "netns", "pids", self.namespace, check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+
+class Network:
+    """A bridge with the machine at .1 and a host at each further address; forwarders to the services."""
+
+    def __init__(self, root: Path, *, prefix: str = "rs", subnet: str = "10.77.0"):
+        self.root = root
+        self.prefix = prefix
+        self.subnet = subnet
+        self.bridge = f"{prefix}br0"
+        self.gateway = f"{subnet}.1"
+        self.hosts: dict[str, Host] = {}
+        self.forwarders: dict[int, subprocess.Popen] = {}
+        self.settings: dict[str, str] = {}
+
+    def namespace(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    def create(self) -> "Network":
+        self.destroy()  # what a run that died left behind
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+        return self
+
+    def add_host(self, name: str) -> Host:
+        number = len(self.hosts) + 10
+        namespace, veth = self.namespace(name), f"v{self.prefix}{name}"[:15]
+        sh("ip", "netns", "add", namespace)
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        sh("ip", "link", "set", veth, "master", self.bridge, "up")
+        inside = ("ip", "netns", "exec", namespace)
+        sh(*inside, "ip", "addr", "add", f"{self.subnet}.{number}/24", "dev", "eth0")
+        sh(*inside, "ip", "link", "set", "eth0", "up")
+        sh(*inside, "ip", "link", "set", "lo", "up")
+        folder = self.root / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        host = Host(name, f"{self.subnet}.{number}", folder, self)
+        self.hosts[name] = host
+        return host
+
+    def forward(self, *ports: int) -> None:
+        """Make the machine's services on these ports reachable from the hosts at the bridge's address."""
+        for port in ports:
+            self.forwarders[port] = subprocess.Popen(
+                [sys.executable, "-m", "tests.hosts", "forward", self.gateway, str(port)],
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        for port in ports:
+            while not _answers(self.gateway, port):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the forwarder to port {port} did not start")
+                time.sleep(0.1)
+
+    def cut(self, port: int) -> None:
+        """Every host loses this service (its forwarder stops); `forward` brings it back."""
+        process = self.forwarders.pop(port)
+        process.kill()
+        process.wait()
+
+    def destroy(self) -> None:
+        for host in self.hosts.values():
+            host.stop()
+        for process in self.forwarders.values():
+            process.kill()
+            process.wait()
+        self.forwarders.clear()
+        for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+            name = line.split()[0] if line.strip() else ""
+            if name.startswith(f"{self.prefix}-"):
+                for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                sh("ip", "netns", "del", name, check=False)
+        sh("ip", "link", "del", self.bridge, check=False)
+        self.hosts.clear()
+
+
+def _answers(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+# --- The forwarder ----------------------------------------------------------------------
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        try:
+            writer.close()
+        except Exception:
+            pass
+
+
+async def _forward(address: str, port: int) -> None:
+    async def handle(client_reader, client_writer):
+        try:
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            client_writer.close()
+            return
+        await asyncio.gather(_pipe(client_reader, server_writer), _pipe(server_reader, client_writer))
+
+    server = await asyncio.start_server(handle, address, port, reuse_address=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 4 or sys.argv[1] != "forward":
+        sys.exit("usage: python -m tests.hosts forward ADDRESS PORT [PORT...]")
+
+    async def main():
+        await asyncio.gather(*(_forward(sys.argv[2], int(p)) for p in sys.argv[3:]))
+
+    asyncio.run(main())
+
+
+# --- A client of the web hosts, as a browser behind nginx would be ----------------------
+
+
+class HttpClient:
+    """Cookies, CSRF and form posts over plain HTTP to a web host, as if TLS ended at nginx.
+
+    It says `X-Forwarded-Proto: https` and sends the `Secure` cookies, which is what
+    nginx and the browser do between them in the README's production outline.
+    """
+
+    def __init__(self, base_url: str):
+        import http.cookiejar
+        import urllib.request
+
+        class BehindTLS(http.cookiejar.DefaultCookiePolicy):
+            def return_ok_secure(self, cookie, request):
+                return True
+
+        self.base_url = base_url
+        self.jar = http.cookiejar.CookieJar(policy=BehindTLS())
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def cookie(self, name: str) -> str:
+        return next((c.value for c in self.jar if c.name == name), "")
+
+    def request(self, method: str, path: str, *, data: bytes | None = None, headers=None, timeout=60):
+        import urllib.error
+        import urllib.request
+
+        host = self.base_url.split("://", 1)[1]
+        request = urllib.request.Request(
+            self.base_url + path,
+            data=data,
+            method=method,
+            headers={
+                "X-Forwarded-Proto": "https",
+                "Origin": f"https://{host}",
+                "Referer": f"https://{host}{path}",
+                **(headers or {}),
+            },
+        )
+        try:
+            with self.opener.open(request, timeout=timeout) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read()
+
+    def get(self, path: str, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, fields: dict, files: dict[str, list[tuple[str, bytes]]] | None = None, **kw):
+        """A form post with the CSRF token (multipart when there are files)."""
+        import secrets
+        import urllib.parse
+
+        fields = {"csrfmiddlewaretoken": self.cookie("csrftoken"), **fields}
+        if not files:
+            body = urllib.parse.urlencode(fields).encode()
+            kind = "application/x-www-form-urlencoded"
+        else:
+            boundary = secrets.token_hex(16)
+            parts = []
+            for name, value in fields.items():
+                head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                parts.append(head.encode() + str(value).encode() + b"\r\n")
+            for name, uploads in files.items():
+                for filename, content in uploads:
+                    head = (
+                        f"--{boundary}\r\nContent-Disposition: form-data; "
+                        f'name="{name}"; filename="{filename}"\r\n'
+                        "Content-Type: application/octet-stream\r\n\r\n"
+                    )
+                    parts.append(head.encode() + content + b"\r\n")
+            parts.append(f"--{boundary}--\r\n".encode())
+            body, kind = b"".join(parts), f"multipart/form-data; boundary={boundary}"
+        headers = {"Content-Type": kind, "X-CSRFToken": self.cookie("csrftoken"), **kw.pop("headers", {})}
+        return self.request("POST", path, data=body, headers=headers, **kw)
+
+    def log_in(self, username: str, password: str, *, admin: bool = False) -> None:
+        path = "/admin/login/" if admin else "/accounts/login/"
+        self.get(path)
+        status, _, body = self.post(path, {"username": username, "password": password, "next": "/"})
+        if status not in (200, 302) or not self.cookie("sessionid"):
+            raise RuntimeError(f"could not log in as {username} ({status}): {body[:300]!r}")
