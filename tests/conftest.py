@@ -46,14 +46,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def object_store(tmp_path_factory):
-    """The SeaweedFS S3 server (tests/seaweedfs.py): the one .ci/run started, or one started here."""
-    folder = tmp_path_factory.mktemp("seaweedfs") / "data"
-    process = seaweedfs.ensure(folder)
-    yield seaweedfs.s3_url()
-    if process:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=30)
+def object_store():
+    """The SeaweedFS S3 server (tests/seaweedfs.py): the one .ci/run started, or one started here.
+
+    Started like a service, not for this session alone: it keeps running afterwards, in a
+    fixed folder, so that test sessions running side by side share one and none of them
+    pulls it from under another.
+    """
+    seaweedfs.ensure(seaweedfs.DATA_FOLDER)
+    return seaweedfs.s3_url()
 
 
 def use_object_storage(settings, prefix: str) -> str:

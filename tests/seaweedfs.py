@@ -20,6 +20,8 @@ from pathlib import Path
 ACCESS_KEY = "readerstudy"
 SECRET_KEY = "readerstudy-test-secret"
 BUCKET = "readerstudy-tests"
+# Where the shared test server keeps its data (.ci/run and the fixtures start it there).
+DATA_FOLDER = Path(os.environ.get("SEAWEEDFS_DIR", "/tmp/readerstudy-seaweedfs/data"))
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ def ensure(folder: Path) -> subprocess.Popen | None:
     """Start the shared test server unless one answers; the process if it was started here."""
     process, log_path = None, folder.parent / "seaweedfs.log"
     if not answers("127.0.0.1", Ports.s3):
+        folder.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             process = start(folder, log=log)
     try:
@@ -150,8 +153,7 @@ def ensure(folder: Path) -> subprocess.Popen | None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Start the tests' SeaweedFS S3 server unless it runs.")
-    folder = os.environ.get("SEAWEEDFS_DIR", "/tmp/readerstudy-seaweedfs/data")
-    parser.add_argument("--folder", default=folder)
+    parser.add_argument("--folder", default=str(DATA_FOLDER))
     args = parser.parse_args()
     started = ensure(Path(args.folder))
     print(f"ci: SeaweedFS S3 {'started' if started else 'answers'} on 127.0.0.1:{Ports.s3}")
