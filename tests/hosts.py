@@ -345,3 +345,124 @@ class HttpClient:
         status, _, body = self.post(path, {"username": username, "password": password, "next": "/"})
         if status not in (200, 302) or not self.cookie("sessionid"):
             raise RuntimeError(f"could not log in as {username} ({status}): {body[:300]!r}")
+
+
+# --- A deployment on those hosts: what the multi-host test and benchmarks/hosts.py run ---------
+
+BROKERS = {
+    "rabbitmq": (5672, "amqp://guest:guest@{host}:5672//"),
+    "redis": (6379, "redis://{host}:6379/9"),
+}
+
+
+class Deployment:
+    """A web host, GPU-worker hosts and an operations host (default worker and beat), as the
+    README's production outline has them, against this machine's services."""
+
+    def __init__(self, network: Network, *, broker: str, database: str, storage_url: str, **settings: str):
+        import secrets
+
+        port, url = BROKERS[broker]
+        network.forward(5432, port, 18333)
+        self.network = network
+        network.settings = {
+            "DJANGO_ENV": "production",
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "SECURE_SSL_REDIRECT": "0",
+            "DATABASE_URL": f"postgres://postgres@{network.gateway}:5432/{database}",
+            "CELERY_BROKER_URL": url.format(host=network.gateway),
+            "STORAGE_URL": storage_url.replace("127.0.0.1", network.gateway),
+            **settings,
+        }
+        self.web: list[Host] = []
+        self.gpu: list[Host] = []
+        self.ops: Host | None = None
+
+    def start(self, *, web_hosts: int = 1, gpu_hosts: int = 2, web_workers: int = 2) -> "Deployment":
+        self.web = [self.network.add_host(f"web{i + 1}") for i in range(web_hosts)]
+        self.gpu = [self.network.add_host(f"gpu{i + 1}") for i in range(gpu_hosts)]
+        self.ops = self.network.add_host("ops")
+        self.network.settings["ALLOWED_HOSTS"] = ",".join(h.address for h in self.web)
+        self.web[0].run("migrate")
+        for host in self.web:
+            host.start("web", BIND=f"{host.address}:8000", WEB_WORKERS=str(web_workers))
+        for host in self.gpu:
+            host.start("gpu-worker", WORKER_NAME=f"gpu@{host.name}")
+        self.ops.start("worker", WORKER_NAME="default@ops")
+        self.ops.start("beat")
+        return self
+
+    @property
+    def hosts(self) -> list[Host]:
+        return [*self.web, *self.gpu, *([self.ops] if self.ops else [])]
+
+    def url(self, index: int = 0) -> str:
+        return f"http://{self.web[index].address}:8000"
+
+    def wait_healthy(self, timeout: float = 180) -> dict:
+        """Until every web host's /healthz is 200 (database, broker, storage, a worker): its checks."""
+        import json
+
+        deadline = time.monotonic() + timeout
+        for index, host in enumerate(self.web):
+            client = HttpClient(self.url(index))
+            while True:
+                try:
+                    status, _, body = client.get("/healthz", timeout=10)
+                    if status == 200:
+                        checks = json.loads(body)["checks"]
+                        break
+                except OSError:
+                    pass  # gunicorn not listening yet
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{host.name} is not healthy:\n{host.log('web')}")
+                time.sleep(0.5)
+        return checks
+
+    def client(self, username: str, password: str, *, admin: bool = False, index: int = 0) -> HttpClient:
+        client = HttpClient(self.url(index))
+        client.log_in(username, password, admin=admin)
+        return client
+
+    def label(self, study_id: int, readers: list[tuple[str, str]], *, pace: float = 0.0) -> dict[str, int]:
+        """Each reader labels the whole study at once, over HTTP, as the labelling page does:
+        the state, each image, each answer. Readers are spread over the web hosts."""
+        import json
+        import threading
+
+        totals: dict[str, int] = {}
+        errors: list[str] = []
+
+        def one(index: int, username: str, password: str) -> None:
+            try:
+                client = self.client(username, password, index=index % len(self.web))
+                status, _, _ = client.get(f"/study/{study_id}/")
+                state = json.loads(client.get(f"/study/{study_id}/state")[2])
+                count = 0
+                while not state["done"]:
+                    current = state["current"]
+                    status, _, image = client.get(current["image"])
+                    if status != 200 or image[:4] != b"\x89PNG":
+                        raise RuntimeError(f"image {current['image']}: {status}")
+                    time.sleep(pace)
+                    status, _, body = client.post(
+                        f"/p/{current['id']}/answer",
+                        {"label": ("real", "fake")[count % 2], "viewing_ms": 900},
+                        headers={"Accept": "application/json"},
+                    )
+                    if status != 200:
+                        raise RuntimeError(f"answer {current['id']}: {status} {body[:200]!r}")
+                    state = json.loads(body)
+                    count += 1
+                totals[username] = count
+            except Exception as exc:  # reported below, with the reader's name
+                errors.append(f"{username}: {exc!r}")
+
+        threads = [threading.Thread(target=one, args=(i, *r)) for i, r in enumerate(readers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        return totals
