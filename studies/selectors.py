@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Max, OuterRef, Q, Subquery, Window
 from django.http import Http404
 
 from generation.models import GenerativeModel, TrainingJob
@@ -16,18 +16,34 @@ def _member(user, prefix: str = "") -> Q:
     return Q(**{f"{prefix}readers__reader": user, f"{prefix}readers__removed__isnull": True})
 
 
+# What reader-facing lookups leave out of a study: its audit report, which can be large, is for
+# researchers only, and every request of the labelling page would otherwise carry it.
+READER_DEFERRED = ("audit_report", "preparation_error", "override_reason")
+
+
 def presentation_for_reader(*, user, presentation_id, open_only: bool = True) -> Presentation:
     """The presentation if it is this reader's (in an open study); 404 for anything else.
 
     One answer for 'not yours', 'no such id', 'study not open' and 'not logged in',
-    so that nothing can be learnt by probing ids.
+    so that nothing can be learnt by probing ids. `study_file` is annotated on it: the
+    study's resized copy of the image where there is one (see reader_file), so that the
+    image is served after one query.
     """
     if not user.is_authenticated:
         raise Http404
     statuses = [Study.Status.OPEN] if open_only else [Study.Status.OPEN, Study.Status.CLOSED]
+    copy = (
+        StudyImage.objects.filter(study=OuterRef("study"), image=OuterRef("image"))
+        .exclude(file="")
+        .order_by()
+        .values("file")[:1]
+    )
     try:
-        return Presentation.objects.select_related("image", "study").get(
-            _member(user, "study__"), pk=presentation_id, reader=user, study__status__in=statuses
+        return (
+            Presentation.objects.select_related("image", "study")
+            .defer(*(f"study__{name}" for name in READER_DEFERRED))
+            .annotate(study_file=Subquery(copy))
+            .get(_member(user, "study__"), pk=presentation_id, reader=user, study__status__in=statuses)
         )
     except (Presentation.DoesNotExist, ValueError):
         raise Http404 from None
@@ -35,12 +51,8 @@ def presentation_for_reader(*, user, presentation_id, open_only: bool = True) ->
 
 def reader_file(presentation: Presentation):
     """The file a reader gets for a presentation: the study's resized copy where there is one."""
-    copy = (
-        StudyImage.objects.filter(study=presentation.study_id, image=presentation.image_id)
-        .exclude(file="")
-        .first()
-    )
-    return copy.file if copy else presentation.image.file
+    copy = presentation.study_file
+    return presentation.image.file if not copy else StudyImage(file=copy).file
 
 
 def study_for_reader(*, user, study_id) -> Study:
@@ -48,7 +60,7 @@ def study_for_reader(*, user, study_id) -> Study:
     if not user.is_authenticated:
         raise Http404
     try:
-        return Study.objects.get(
+        return Study.objects.defer(*READER_DEFERRED).get(
             _member(user), pk=study_id, status__in=[Study.Status.OPEN, Study.Status.CLOSED]
         )
     except (Study.DoesNotExist, ValueError):
@@ -78,51 +90,76 @@ class ReaderState:
         return self.answered - self.practice_answered
 
 
+def _count(queryset) -> Subquery:
+    """COUNT(*) of a queryset as a scalar subquery."""
+    return Subquery(queryset.order_by().values("reader").annotate(n=Count("pk")).values("n")[:1])
+
+
+def _with_previous(presentations, study: Study):
+    """Where going back is allowed: each presentation's `previous_id`, the answered study image
+    before it (never practice), for the page's Back button."""
+    if not study.allow_back:
+        return presentations
+    previous = Presentation.objects.filter(
+        study=OuterRef("study"),
+        reader=OuterRef("reader"),
+        position__lt=OuterRef("position"),
+        is_practice=False,
+        answer__isnull=False,
+    ).order_by("-position")
+    return presentations.annotate(previous_id=Subquery(previous.values("pk")[:1]))
+
+
 def reader_state(*, user, study: Study, at=None) -> ReaderState:
     """Where a reader is: the first unanswered presentation and the one after it.
+
+    One query, whatever the length of the sequence: the first two unanswered
+    presentations, each carrying the counts (windows over the unanswered ones, and
+    subqueries over the whole sequence, which never changes once built). Only a
+    finished reader, who has no unanswered presentation to carry them, costs a second.
 
     `at` (a presentation id) is a step back to an answered image, where the study
     allows going back; anything else there is a 404, like every other probe.
     """
-    mine = Presentation.objects.filter(study=study, reader=user).select_related("study")
-    counts = mine.aggregate(
-        total=Count("pk"),
-        answered=Count("pk", filter=Q(answer__isnull=False)),
-        practice=Count("pk", filter=Q(is_practice=True)),
-        practice_answered=Count("pk", filter=Q(is_practice=True, answer__isnull=False)),
+    mine = Presentation.objects.filter(study=study, reader=user)
+    pending = mine.filter(answer__isnull=True).select_related("answer")
+    pending = _with_previous(pending, study).annotate(
+        left=Window(Count("pk")),
+        practice_left=Window(Count("pk", filter=Q(is_practice=True))),
+        total=_count(mine),
+        practice_total=_count(mine.filter(is_practice=True)),
     )
-    pending = list(mine.filter(answer__isnull=True).order_by("position")[:2])
+    pending = list(pending.order_by("position")[:2])
+    if pending:
+        first = pending[0]
+        total, practice = first.total, first.practice_total or 0  # no practice: no row to count
+        answered, practice_answered = total - first.left, practice - first.practice_left
+    else:
+        counts = mine.aggregate(total=Count("pk"), practice=Count("pk", filter=Q(is_practice=True)))
+        total, practice = counts["total"], counts["practice"]
+        answered, practice_answered = total, practice
     current = pending[0] if pending else None
     following = pending[1] if len(pending) > 1 else None
     if at is not None:
         if not study.allow_back:
             raise Http404
         try:
-            current, following = mine.get(pk=at, answer__isnull=False, is_practice=False), current
+            back = _with_previous(mine.select_related("answer"), study).get(
+                pk=at, answer__isnull=False, is_practice=False
+            )
         except (Presentation.DoesNotExist, ValueError, ValidationError):
             raise Http404 from None
+        current, following = back, current
+    for presentation in (current, following):
+        if presentation is not None:
+            presentation.study = study  # known already: the study's row is not loaded again
     return ReaderState(
         current=current,
         next=following,
-        answered=counts["answered"],
-        total=counts["total"],
-        practice_total=counts["practice"],
-        practice_answered=counts["practice_answered"],
-    )
-
-
-def previous_for_reader(presentation: Presentation) -> Presentation | None:
-    """The answered study image before this one, for going back (never practice)."""
-    return (
-        Presentation.objects.filter(
-            study=presentation.study_id,
-            reader=presentation.reader_id,
-            position__lt=presentation.position,
-            is_practice=False,
-            answer__isnull=False,
-        )
-        .order_by("-position")
-        .first()
+        answered=answered,
+        total=total,
+        practice_total=practice,
+        practice_answered=practice_answered,
     )
 
 
