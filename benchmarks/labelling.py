@@ -1,31 +1,34 @@
 """Labelling at scale: readers answering through gunicorn and PostgreSQL, as in production.
 
-    .venv/bin/python benchmarks/labelling.py [--readers 50] [--pace 2] [--duration 30]
-        [--saturation-readers 50] [--saturation-duration 30] [--workers 4] [--hosts 1]
-        [--images 200] [--compare REV] [--cache-url redis://127.0.0.1:6379/11]
+    .venv/bin/python benchmarks/labelling.py [--compare main] [--cache-url redis://127.0.0.1:6379/11]
+        [--readers 50] [--pace 2] [--duration 20] [--saturation-readers 50]
+        [--saturation-duration 15] [--rounds 3] [--workers 4] [--hosts 1] [--images 400]
 
-For the code of the working tree (and, with --compare REV, first for that git
-revision, checked out into a temporary worktree and run the same way), it:
-  1. recreates a PostgreSQL database (--database, default: DATABASE_URL's name + "_bench"),
-     migrates it and seeds one open study of --images real images, its blinding audit
-     stored as `study_open` stores it, and --readers readers with their sequences;
-  2. starts --hosts gunicorn instances (`gunicorn config.wsgi --workers N`), one port each;
-     the load generator sends each request to the next port in turn (round robin, so one
-     reader's requests reach every host: sessions must be shared between them);
-  3. logs every reader in (GET and POST /accounts/login/) and drives the labelling page's
-     requests exactly as static/js/label.js makes them: the page, GET .../state, the image
-     of the current and of the next presentation; then per answer a POST .../answer
-     (X-CSRFToken from the page's meta tag, Accept: application/json) whose JSON is the
-     new state, and a GET of the image of the state's `next` (the page's prefetch).
-     Every --reload-every answers a reader reloads the page (page, state, two images);
-     a failed answer is sent again, as the page does;
-  4. realistic phase: every reader answers once every --pace seconds (random start
-     offsets); saturation phase: --saturation-readers readers answer as fast as they can;
+For the code of the working tree, and with --compare REV for that git revision too
+(checked out into a temporary git worktree, run with the same virtual environment), it:
+  1. recreates a PostgreSQL database per tree (--database, default: DATABASE_URL's name
+     + "_bench", and "_bench_base" for REV), migrates it and seeds one open study of
+     --images real images, its blinding audit stored as `study_open` stores it, and the
+     readers with their sequences;
+  2. starts --hosts gunicorn instances per tree (`gunicorn config.wsgi --workers N`), one
+     port each; the load generator sends each request to the next port in turn (round
+     robin, so one reader's requests reach every host: sessions must be shared);
+  3. logs every reader in (GET and POST /accounts/login/, with the form's CSRF token) and
+     opens the labelling page as static/js/label.js does: the page, GET .../state, the
+     images of the current and the next presentation; then each answer is a POST
+     .../answer (X-CSRFToken from the page's meta tag, Accept: application/json) whose
+     JSON is the new state, followed by a GET of the image of the state's `next` (the
+     page's prefetch). Every --reload-every answers a reader reloads the page (page,
+     state, two images). A request that fails is sent again, as the page does;
+  4. runs --rounds rounds, alternating between the trees (ABBA), of a realistic phase
+     (--readers readers, each answering once every --pace seconds from a random offset)
+     and a saturation phase (--saturation-readers readers answering without a pause);
   5. checks afterwards, in the database, that every acknowledged answer is stored once,
-     with its label, and that nothing else is stored.
-It prints per-request-kind latencies (p50/p95/p99) for the realistic phase and
-answers/s at saturation. DJANGO_ENV stays development (production requires TLS,
-which nginx would terminate), DEBUG off.
+     with its label, and nothing else.
+It prints per-request-kind latencies (p50/p95/p99) of the realistic phase, answers/s
+at saturation (median of the rounds) and, with --compare, the ratios round by round.
+The servers run with DJANGO_ENV=development (production refuses plain HTTP: TLS ends at
+nginx in front of it) and DEBUG off.
 """
 
 import argparse
@@ -105,12 +108,12 @@ def free_port() -> int:
 class Target:
     """One tree (the working tree or a revision) on its own database, served by gunicorn."""
 
-    def __init__(self, tree: Path, name: str, args):
+    def __init__(self, tree: Path, name: str, args, suffix: str = ""):
         self.tree, self.name, self.args = tree, name, args
-        self.var = Path(tempfile.mkdtemp(prefix=f"labelling-{name}-"))
+        self.var = Path(tempfile.mkdtemp(prefix="labelling-"))
         base = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
         self.db_base = base
-        self.db_name = args.database or f"{base.path.lstrip('/') or 'postgres'}_bench"
+        self.db_name = (args.database or f"{base.path.lstrip('/') or 'postgres'}_bench") + suffix
         self.db_url = base._replace(path="/" + self.db_name).geturl()
         self.env = dict(
             os.environ,
@@ -209,6 +212,17 @@ class Target:
                 server.wait()
         self.servers, self.ports = [], []
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the gunicorn processes (masters and workers)."""
+        masters = {server.pid for server in self.servers}
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(stat.parent.name) in masters or int(fields[1]) in masters:
+                    total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stored_answers(self, study: int) -> dict[str, list[str]]:
         conn = psycopg2.connect(self.db_url)
         with conn.cursor() as cur:
@@ -242,19 +256,20 @@ class Hosts:
             return self.urls[self.index]
 
 
-class Reader(threading.Thread):
+class Reader:
+    """One reader's browser: a session with its cookies, and where the page is."""
+
     CSRF = re.compile(r'name="csrf-token" content="([^"]+)"')
     FORM_CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 
-    def __init__(self, username, study, hosts, run):
-        super().__init__(daemon=True)
-        self.username, self.study, self.hosts, self.run_ = username, study, hosts, run
+    def __init__(self, username, study, hosts):
+        self.username, self.study, self.hosts = username, study, hosts
         self.http = requests.Session()
         self.token = ""
         self.state = None
         self.acked: dict[str, str] = {}
         self.errors = 0
-        self.logged_in = threading.Event()
+        self.run = None  # the phase being driven, which records the times
 
     def timed(self, kind, method, path, **kwargs):
         for attempt in range(20):
@@ -266,10 +281,11 @@ class Reader(threading.Thread):
                 res = None
             took = time.perf_counter() - start
             if res is not None and res.status_code < 500:
-                self.run_.record(kind, took)
+                if self.run:
+                    self.run.record(kind, took)
                 res.raise_for_status()
                 return res
-            self.errors += 1
+            self.errors += 1  # sent again, as the page does
             time.sleep(min(0.1 * 2**attempt, 2))
         raise RuntimeError(f"{self.username}: {kind} {path} kept failing")
 
@@ -280,9 +296,13 @@ class Reader(threading.Thread):
         res = self.timed("login", "POST", "/accounts/login/", data=data, allow_redirects=False)
         if res.status_code != 302:
             raise RuntimeError(f"{self.username} could not log in ({res.status_code})")
+        self.load_page()
 
     def load_page(self):
         page = self.timed("page", "GET", f"/study/{self.study}/")
+        if page.url.rstrip("/").endswith("/done"):  # every image answered: the page sends the reader on
+            self.state = {"current": None, "next": None, "done": True}
+            return
         self.token = self.CSRF.search(page.text).group(1)
         self.state = self.timed("state", "GET", f"/study/{self.study}/state").json()
         for item in (self.state["current"], self.state["next"]):
@@ -301,36 +321,34 @@ class Reader(threading.Thread):
         )
         self.state = res.json()
         self.acked[current["id"]] = label
-        self.run_.answered()
+        self.run.answered()
         if self.state["next"]:
             self.timed("image", "GET", self.state["next"]["image"])
 
-    def run(self):
-        try:
-            self.log_in()
-            self.load_page()
-        finally:
-            self.logged_in.set()
-        self.run_.go.wait()
-        pace = self.run_.pace
+    def loop(self, run):
+        self.run = run
+        pace = run.pace
         due = time.monotonic() + (random.uniform(0, pace) if pace else 0)
         count = 0
-        while not self.run_.stop.is_set() and self.state["current"]:
+        while not run.stop.is_set() and self.state["current"]:
             if pace:
                 wait = due - time.monotonic()
-                if wait > 0 and self.run_.stop.wait(wait):
+                if wait > 0 and run.stop.wait(wait):
                     break
                 due += pace
             self.answer()
             count += 1
-            if self.run_.reload_every and count % self.run_.reload_every == 0:
+            if run.reload_every and count % run.reload_every == 0:
                 self.load_page()
+        self.run = None
 
 
 class Run:
+    """One phase: its pace, and the times and answers recorded while it is measured."""
+
     def __init__(self, pace: float, reload_every: int):
         self.pace, self.reload_every = pace, reload_every
-        self.go, self.stop = threading.Event(), threading.Event()
+        self.stop = threading.Event()
         self.lock = threading.Lock()
         self.times: dict[str, list[float]] = defaultdict(list)
         self.answers = 0
@@ -347,36 +365,36 @@ class Run:
                 self.answers += 1
 
 
-def drive(readers, study, urls, *, pace, duration, reload_every, warmup) -> dict:
-    run = Run(pace, reload_every)
-    hosts = Hosts(urls)
-    threads = [Reader(name, study, hosts, run) for name in readers]
+def in_threads(function, items):
+    threads = [threading.Thread(target=function, args=(item,), daemon=True) for item in items]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.logged_in.wait()
-    run.go.set()
+        thread.join()
+
+
+def drive(readers, *, pace, duration, reload_every, warmup, cpu) -> dict:
+    run = Run(pace, reload_every)
+    driver = threading.Thread(target=in_threads, args=(lambda reader: reader.loop(run), readers), daemon=True)
+    errors = sum(reader.errors for reader in readers)
+    driver.start()
     time.sleep(warmup)
-    cpu0 = time.process_time()
+    cpu0, server0 = time.process_time(), cpu()
     run.measuring = True
     started = time.monotonic()
     time.sleep(duration)
     run.measuring = False
     elapsed = time.monotonic() - started
-    cpu = time.process_time() - cpu0
+    generator, server = time.process_time() - cpu0, cpu() - server0
     run.stop.set()
-    for thread in threads:
-        thread.join()
-    acked: dict[str, str] = {}
-    for thread in threads:
-        acked.update(thread.acked)
+    driver.join()
     return {
         "answers_per_s": run.answers / elapsed,
         "times": dict(run.times),
-        "acked": acked,
-        "errors": sum(t.errors for t in threads),
-        "generator_cpu": cpu / elapsed,
-        "finished_readers": sum(1 for t in threads if t.state and not t.state["current"]),
+        "errors": sum(reader.errors for reader in readers) - errors,
+        "generator_cpu": generator / elapsed,
+        "server_ms_per_answer": 1000 * server / max(run.answers, 1),
+        "finished_readers": sum(1 for reader in readers if not reader.state["current"]),
     }
 
 
@@ -387,60 +405,91 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def measure(target: Target, args) -> dict:
-    print(f"[{target.name}] setting up database {target.db_name} and seeding...", flush=True)
-    seeded = target.setup()
-    readers, study = seeded["readers"], seeded["study"]
-    urls = target.start(args.hosts, args.workers)
-    print(f"[{target.name}] gunicorn at {', '.join(urls)} ({args.workers} workers each)", flush=True)
-    result = {}
-    acked: dict[str, str] = {}
-    try:
+def median(values):
+    return percentile(values, 50)
+
+
+class Measured:
+    """A target under load: its servers, its logged-in readers, and what the rounds measured."""
+
+    def __init__(self, target: Target, args):
+        self.target, self.args = target, args
+        print(f"[{target.name}] setting up database {target.db_name} and seeding...", flush=True)
+        seeded = target.setup()
+        self.study = seeded["study"]
+        urls = target.start(args.hosts, args.workers)
+        print(f"[{target.name}] gunicorn at {', '.join(urls)} ({args.workers} workers each)", flush=True)
+        hosts = Hosts(urls)
+        self.readers = [Reader(name, self.study, hosts) for name in seeded["readers"]]
+        in_threads(Reader.log_in, self.readers)
+        self.realistic: list[dict] = []
+        self.saturation: list[dict] = []
+
+    def round(self) -> None:
+        args = self.args
         if args.duration:
-            print(
-                f"[{target.name}] realistic: {args.readers} readers, one answer every {args.pace} s",
-                flush=True,
+            self.realistic.append(
+                drive(
+                    self.readers[: args.readers],
+                    pace=args.pace,
+                    duration=args.duration,
+                    reload_every=args.reload_every,
+                    warmup=args.pace + 1,
+                    cpu=self.target.cpu_seconds,
+                )
             )
-            realistic = drive(
-                readers[: args.readers],
-                study,
-                urls,
-                pace=args.pace,
-                duration=args.duration,
-                reload_every=args.reload_every,
-                warmup=args.pace + 1,
-            )
-            acked.update(realistic.pop("acked"))
-            result["realistic"] = realistic
         if args.saturation_duration:
-            print(f"[{target.name}] saturation: {args.saturation_readers} readers, no pause", flush=True)
-            saturation = drive(
-                readers[: args.saturation_readers],
-                study,
-                urls,
-                pace=0,
-                duration=args.saturation_duration,
-                reload_every=args.reload_every,
-                warmup=3,
+            self.saturation.append(
+                drive(
+                    self.readers[: args.saturation_readers],
+                    pace=0,
+                    duration=args.saturation_duration,
+                    reload_every=args.reload_every,
+                    warmup=3,
+                    cpu=self.target.cpu_seconds,
+                )
             )
-            acked.update(saturation.pop("acked"))
-            result["saturation"] = saturation
-    finally:
-        target.stop()
-    stored = target.stored_answers(study)
-    doubled = sum(1 for labels in stored.values() if len(labels) > 1)
-    lost = sum(1 for p in acked if p not in stored)
-    wrong = sum(1 for p, label in acked.items() if p in stored and stored[p][0] != label)
-    extra = sum(1 for p in stored if p not in acked)
-    result["check"] = {
-        "acked": len(acked),
-        "stored": sum(map(len, stored.values())),
-        "lost": lost,
-        "doubled": doubled,
-        "wrong_label": wrong,
-        "unacknowledged": extra,
-    }
-    return result
+
+    def finish(self) -> dict:
+        self.target.stop()
+        acked: dict[str, str] = {}
+        for reader in self.readers:
+            acked.update(reader.acked)
+        stored = self.target.stored_answers(self.study)
+        result = {
+            "check": {
+                "acked": len(acked),
+                "stored": sum(map(len, stored.values())),
+                "lost": sum(1 for p in acked if p not in stored),
+                "doubled": sum(1 for labels in stored.values() if len(labels) > 1),
+                "wrong_label": sum(1 for p, label in acked.items() if p in stored and stored[p][0] != label),
+                "unacknowledged": sum(1 for p in stored if p not in acked),
+            }
+        }
+        if self.realistic:
+            times = defaultdict(list)
+            for phase in self.realistic:
+                for kind, values in phase["times"].items():
+                    times[kind] += values
+            result["realistic"] = {
+                "answers_per_s": median([phase["answers_per_s"] for phase in self.realistic]),
+                "errors": sum(phase["errors"] for phase in self.realistic),
+                "generator_cpu": max(phase["generator_cpu"] for phase in self.realistic),
+                "times": dict(times),
+            }
+        if self.saturation:
+            result["saturation"] = {
+                "rounds": [phase["answers_per_s"] for phase in self.saturation],
+                "answers_per_s": median([phase["answers_per_s"] for phase in self.saturation]),
+                "server_ms_per_answer": median([phase["server_ms_per_answer"] for phase in self.saturation]),
+                "answer_p95": median(
+                    [percentile(phase["times"].get("answer", []), 95) for phase in self.saturation]
+                ),
+                "errors": sum(phase["errors"] for phase in self.saturation),
+                "generator_cpu": max(phase["generator_cpu"] for phase in self.saturation),
+                "finished_readers": self.saturation[-1]["finished_readers"],
+            }
+        return result
 
 
 def print_summary(name: str, result: dict, args) -> None:
@@ -448,9 +497,10 @@ def print_summary(name: str, result: dict, args) -> None:
     if "realistic" in result:
         r = result["realistic"]
         print(
-            f"realistic: {args.readers} readers, pace {args.pace} s, {args.duration} s measured: "
-            f"{r['answers_per_s']:.1f} answers/s, {r['errors']} retried requests, "
-            f"load generator {r['generator_cpu']:.2f} CPU"
+            f"realistic: {args.readers} readers, pace {args.pace} s, "
+            f"{args.rounds} x {args.duration} s measured: "
+            f"{r['answers_per_s']:.1f} answers/s, {r['errors']} requests sent again, "
+            f"load generator at most {r['generator_cpu']:.2f} CPU"
         )
         print("| request | n | p50 ms | p95 ms | p99 ms |\n| --- | --- | --- | --- | --- |")
         for kind in KINDS:
@@ -461,18 +511,21 @@ def print_summary(name: str, result: dict, args) -> None:
             )
     if "saturation" in result:
         s = result["saturation"]
-        answer_p95 = percentile(s["times"].get("answer", []), 95) * 1000
+        rounds = ", ".join(f"{value:.1f}" for value in s["rounds"])
         print(
-            f"saturation: {args.saturation_readers} readers, {args.saturation_duration} s measured: "
-            f"**{s['answers_per_s']:.1f} answers/s** (answer p95 {answer_p95:.0f} ms), "
-            f"{s['errors']} retried requests, load generator {s['generator_cpu']:.2f} CPU, "
+            f"saturation: {args.saturation_readers} readers, {args.rounds} x {args.saturation_duration} s: "
+            f"**{s['answers_per_s']:.1f} answers/s** (median; rounds {rounds}), answer p95 "
+            f"{s['answer_p95'] * 1000:.0f} ms, gunicorn CPU {s['server_ms_per_answer']:.1f} ms per answer "
+            f"(and its image), {s['errors']} requests sent again, "
+            f"load generator at most {s['generator_cpu']:.2f} CPU, "
             f"{s['finished_readers']} readers ran out of images"
         )
     c = result["check"]
-    verdict = "OK" if not (c["lost"] or c["doubled"] or c["wrong_label"] or c["unacknowledged"]) else "FAILED"
+    failed = c["lost"] or c["doubled"] or c["wrong_label"] or c["unacknowledged"]
     print(
-        f"check: {verdict}: {c['acked']} acknowledged, {c['stored']} stored, {c['lost']} lost, "
-        f"{c['doubled']} doubled, {c['wrong_label']} with another label, {c['unacknowledged']} unacknowledged"
+        f"check: {'FAILED' if failed else 'OK'}: {c['acked']} answers acknowledged, {c['stored']} stored, "
+        f"{c['lost']} lost, {c['doubled']} doubled, {c['wrong_label']} with another label, "
+        f"{c['unacknowledged']} stored unacknowledged"
     )
 
 
@@ -485,29 +538,29 @@ def main() -> None:
     )
     parser.add_argument("--readers", type=int, default=50, help="readers of the realistic phase")
     parser.add_argument("--pace", type=float, default=2.0, help="seconds between a reader's answers")
-    parser.add_argument("--duration", type=float, default=30, help="seconds measured, realistic (0: skip)")
+    parser.add_argument(
+        "--duration", type=float, default=20, help="seconds measured per round, realistic (0: skip)"
+    )
     parser.add_argument("--saturation-readers", type=int, default=50)
-    parser.add_argument("--saturation-duration", type=float, default=30, help="seconds measured (0: skip)")
+    parser.add_argument("--saturation-duration", type=float, default=15, help="seconds per round (0: skip)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds, alternating between the trees compared"
+    )
     parser.add_argument("--reload-every", type=int, default=10, help="answers between page reloads")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers per host")
-    parser.add_argument(
-        "--hosts", type=int, default=1, help="gunicorn instances, requests spread round robin"
-    )
-    parser.add_argument(
-        "--images", type=int, default=300, help="images in the study (each reader's sequence)"
-    )
+    parser.add_argument("--hosts", type=int, default=1, help="gunicorn instances; requests go round robin")
+    parser.add_argument("--images", type=int, default=400, help="images in the study: each reader's sequence")
     parser.add_argument("--database", help="database to recreate (default: DATABASE_URL's name + '_bench')")
     parser.add_argument(
-        "--cache-url", default=os.environ.get("CACHE_URL", ""), help="CACHE_URL for the servers"
+        "--cache-url", default=os.environ.get("CACHE_URL", ""), help="CACHE_URL of the servers"
     )
-    parser.add_argument("--compare", metavar="REV", help="measure this git revision first, the same way")
+    parser.add_argument("--compare", metavar="REV", help="also measure this git revision, rounds interleaved")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     args.readers_needed = max(args.readers, args.saturation_readers)
 
-    results = {}
-    trees = []
     worktree = None
+    targets: list[Target] = []
     try:
         if args.compare:
             worktree = Path(tempfile.mkdtemp(prefix="labelling-rev-")) / "tree"
@@ -516,37 +569,47 @@ def main() -> None:
                 cwd=ROOT,
                 check=True,
             )
-            trees.append((worktree, f"revision {args.compare}"))
-        trees.append((ROOT, "working tree"))
-        for tree, name in trees:
-            target = Target(tree, name.split()[0], args)
-            try:
-                results[name] = measure(target, args)
-            finally:
-                target.cleanup()
+            targets.append(Target(worktree, f"revision {args.compare}", args, suffix="_base"))
+        targets.append(Target(ROOT, "working tree", args))
+        measured = [Measured(target, args) for target in targets]
+        for number in range(args.rounds):
+            # ABBA: neither tree always runs first, when the machine may be quieter or busier.
+            order = measured if number % 2 == 0 else measured[::-1]
+            for item in order:
+                print(f"[{item.target.name}] round {number + 1} of {args.rounds}", flush=True)
+                item.round()
+        results = {item.target.name: item.finish() for item in measured}
     finally:
+        for target in targets:
+            target.cleanup()
         if worktree:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
     for name, result in results.items():
         print_summary(name, result, args)
-    if len(results) == 2:
+    if len(measured) == 2:
         (base_name, base), (new_name, new) = results.items()
-        if "saturation" in base and "saturation" in new:
-            ratio = new["saturation"]["answers_per_s"] / base["saturation"]["answers_per_s"]
-            print(f"\nsaturation throughput, working tree / {args.compare}: {ratio:.2f}x")
-        if "realistic" in base and "realistic" in new:
+        print(f"\n== {new_name} / {base_name} ==")
+        if "saturation" in base:
+            pairs = zip(base["saturation"]["rounds"], new["saturation"]["rounds"], strict=True)
+            per_round = [n / b for b, n in pairs]
+            cpu = new["saturation"]["server_ms_per_answer"] / base["saturation"]["server_ms_per_answer"]
+            print(f"gunicorn CPU per answer: {cpu:.2f}x")
+            print(
+                f"saturation answers/s: {median(per_round):.2f}x "
+                f"(median of the rounds' ratios {', '.join(f'{r:.2f}' for r in per_round)})"
+            )
+        if "realistic" in base:
             for kind in KINDS:
                 b = percentile(base["realistic"]["times"].get(kind, []), 95)
                 n = percentile(new["realistic"]["times"].get(kind, []), 95)
-                print(f"p95 {kind}: {b * 1000:.1f} ms -> {n * 1000:.1f} ms")
+                print(f"realistic p95 {kind}: {b * 1000:.1f} ms -> {n * 1000:.1f} ms")
     if args.json:
         for result in results.values():
-            for phase in ("realistic", "saturation"):
-                if phase in result:
-                    result[phase]["times"] = {
-                        k: {q: percentile(v, q) for q in (50, 95, 99)} | {"n": len(v)}
-                        for k, v in result[phase]["times"].items()
-                    }
+            if "realistic" in result:
+                result["realistic"]["times"] = {
+                    kind: {f"p{q}": percentile(values, q) for q in (50, 95, 99)} | {"n": len(values)}
+                    for kind, values in result["realistic"]["times"].items()
+                }
         args.json.write_text(json.dumps(results, indent=2))
 
 

@@ -98,7 +98,7 @@ def _item(presentation, state) -> dict | None:
     if presentation.study.allow_back and not practice:
         previous = presentation.previous_id
         item["previous"] = str(previous) if previous else None
-        answer = getattr(presentation, "answer", None)
+        answer = presentation.given
         item["answer"] = {"label": answer.label, "confidence": answer.confidence} if answer else None
     return item
 
