@@ -58,6 +58,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # A database (or cache) outage answers 503 with Retry-After, logged once a minute.
+    "config.outage.DatabaseOutageMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -192,6 +194,29 @@ if CELERY_BROKER_VISIBILITY_TIMEOUT <= CELERY_TASK_TIME_LIMIT:
 CELERY_TASK_ALWAYS_EAGER = False
 # How often Celery beat runs the periodic work (stuck jobs, preparing studies).
 CELERY_BEAT_SECONDS = env_int("CELERY_BEAT_SECONDS", 60)
+
+# --- Cache and sessions -----------------------------------------------------------
+# CACHE_URL (redis://host:6379/1): one cache shared by every web server, and sessions read
+# from it (cached_db: written through to the database, so a cache restart logs nobody out).
+# A logout deletes the session from both, on every server at once; a deactivated reader is
+# refused anyway, as the user row is read on every request. Without CACHE_URL: a cache in
+# each process's memory, and sessions from the database (a per-process cache would not see
+# a logout made through another process).
+CACHE_URL = env_str("CACHE_URL", "")
+if CACHE_URL:
+    if CACHE_URL.split(":", 1)[0] not in {"redis", "rediss", "unix"}:
+        raise ImproperlyConfigured(f"CACHE_URL={CACHE_URL!r}: give a Redis URL, e.g. redis://host:6379/1.")
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 # --- Security -----------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True

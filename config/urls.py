@@ -13,3 +13,6 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("studies.urls")),
 ]
+
+# A database outage met before a view (loading the session or the user) answers 503, not 500.
+handler500 = "config.outage.server_error"

@@ -3,12 +3,13 @@
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Max, Q
+from django.db import connection
+from django.db.models import Count, Max, OuterRef, Q, Subquery
 from django.http import Http404
 
 from generation.models import GenerativeModel, TrainingJob
 
-from .models import Presentation, Study, StudyImage, StudyReader
+from .models import Answer, Image, Presentation, Study, StudyImage, StudyReader
 
 
 def _member(user, prefix: str = "") -> Q:
@@ -16,31 +17,87 @@ def _member(user, prefix: str = "") -> Q:
     return Q(**{f"{prefix}readers__reader": user, f"{prefix}readers__removed__isnull": True})
 
 
+# What reader-facing lookups leave out of a study: its audit report, which can be large, is for
+# researchers only, and every request of the labelling page would otherwise carry it.
+READER_DEFERRED = ("audit_report", "preparation_error", "override_reason")
+
+# The two lookups that every labelling request makes (the presentation answered or shown, and
+# the reader's state) are written in SQL: the ORM took longer to compile them than the rest of
+# the request, the database included (docs/benchmarks.md, "Labelling at scale"). Tables and
+# columns come from the models, so a renamed field fails the tests, not production.
+# What the reader's views use of the study and the image; anything else loads when first used.
+_STUDY_FIELDS = ("id", "status", "allow_unsure", "ask_confidence", "allow_back", "time_limit_seconds")
+_IMAGE_FIELDS = ("id", "origin", "file", "source_sha256")
+
+
+def _columns(model, alias: str, names) -> list[str]:
+    return [f'{alias}."{model._meta.get_field(name).column}"' for name in names]
+
+
+def _table(model) -> str:
+    return f'"{model._meta.db_table}"'
+
+
+def _presentation_sql(statuses: int) -> str:
+    columns = _columns(Presentation, "p", [f.attname for f in Presentation._meta.concrete_fields])
+    columns += _columns(Study, "s", _STUDY_FIELDS) + _columns(Image, "i", _IMAGE_FIELDS)
+    columns.append('c."file"')
+    return (
+        f"SELECT {', '.join(columns)} FROM {_table(Presentation)} p"
+        f" JOIN {_table(Study)} s ON s.id = p.study_id"
+        f" JOIN {_table(Image)} i ON i.id = p.image_id"
+        f" JOIN {_table(StudyReader)} r ON r.study_id = p.study_id AND r.reader_id = p.reader_id"
+        f" AND r.removed IS NULL"
+        f" LEFT JOIN {_table(StudyImage)} c ON c.study_id = p.study_id AND c.image_id = p.image_id"
+        f" AND c.file <> ''"
+        f" WHERE p.id = %s AND p.reader_id = %s AND s.status IN ({', '.join(['%s'] * statuses)})"
+    )
+
+
+def _loaded(model, names, values):
+    """A model instance from some of its columns (booleans as booleans on every database); the
+    others are deferred."""
+    values = [
+        bool(v) if model._meta.get_field(n).get_internal_type() == "BooleanField" else v
+        for n, v in zip(names, values, strict=True)
+    ]
+    return model.from_db(connection.alias, names, values)
+
+
 def presentation_for_reader(*, user, presentation_id, open_only: bool = True) -> Presentation:
     """The presentation if it is this reader's (in an open study); 404 for anything else.
 
     One answer for 'not yours', 'no such id', 'study not open' and 'not logged in',
-    so that nothing can be learnt by probing ids.
+    so that nothing can be learnt by probing ids. One query: the study and the image
+    come with it, and `study_file`, the study's resized copy of the image where there
+    is one (see reader_file).
     """
     if not user.is_authenticated:
         raise Http404
     statuses = [Study.Status.OPEN] if open_only else [Study.Status.OPEN, Study.Status.CLOSED]
     try:
-        return Presentation.objects.select_related("image", "study").get(
-            _member(user, "study__"), pk=presentation_id, reader=user, study__status__in=statuses
-        )
-    except (Presentation.DoesNotExist, ValueError):
+        pk = Presentation._meta.pk.get_db_prep_value(presentation_id, connection)
+    except (ValueError, ValidationError):
         raise Http404 from None
+    with connection.cursor() as cursor:
+        cursor.execute(_presentation_sql(len(statuses)), [pk, user.pk, *statuses])
+        row = cursor.fetchone()
+    if row is None:
+        raise Http404
+    own = [f.attname for f in Presentation._meta.concrete_fields]
+    presentation = _loaded(Presentation, own, row[: len(own)])
+    row = row[len(own) :]
+    presentation.study = _loaded(Study, _STUDY_FIELDS, row[: len(_STUDY_FIELDS)])
+    row = row[len(_STUDY_FIELDS) :]
+    presentation.image = _loaded(Image, _IMAGE_FIELDS, row[: len(_IMAGE_FIELDS)])
+    presentation.study_file = row[-1]
+    return presentation
 
 
 def reader_file(presentation: Presentation):
     """The file a reader gets for a presentation: the study's resized copy where there is one."""
-    copy = (
-        StudyImage.objects.filter(study=presentation.study_id, image=presentation.image_id)
-        .exclude(file="")
-        .first()
-    )
-    return copy.file if copy else presentation.image.file
+    copy = presentation.study_file
+    return presentation.image.file if not copy else StudyImage(file=copy).file
 
 
 def study_for_reader(*, user, study_id) -> Study:
@@ -48,7 +105,7 @@ def study_for_reader(*, user, study_id) -> Study:
     if not user.is_authenticated:
         raise Http404
     try:
-        return Study.objects.get(
+        return Study.objects.defer(*READER_DEFERRED).get(
             _member(user), pk=study_id, status__in=[Study.Status.OPEN, Study.Status.CLOSED]
         )
     except (Study.DoesNotExist, ValueError):
@@ -78,51 +135,93 @@ class ReaderState:
         return self.answered - self.practice_answered
 
 
+def _with_previous(presentations, study: Study):
+    """Where going back is allowed: each presentation's `previous_id`, the answered study image
+    before it (never practice), for the page's Back button."""
+    if not study.allow_back:
+        return presentations
+    previous = Presentation.objects.filter(
+        study=OuterRef("study"),
+        reader=OuterRef("reader"),
+        position__lt=OuterRef("position"),
+        is_practice=False,
+        answer__isnull=False,
+    ).order_by("-position")
+    return presentations.annotate(previous_id=Subquery(previous.values("pk")[:1]))
+
+
+def _pending_sql(with_previous: bool) -> str:
+    """The first two unanswered presentations, each with the counts of the reader's sequence."""
+    p, a = _table(Presentation), _table(Answer)
+    mine = f"FROM {p} t WHERE t.study_id = %(study)s AND t.reader_id = %(reader)s"
+    previous = (
+        f", (SELECT b.id FROM {p} b JOIN {a} ba ON ba.presentation_id = b.id"
+        f" WHERE b.study_id = %(study)s AND b.reader_id = %(reader)s AND b.position < p.position"
+        f" AND NOT b.is_practice ORDER BY b.position DESC LIMIT 1) AS previous_id"
+        if with_previous
+        else ""
+    )
+    return (
+        f"SELECT p.*, COUNT(*) OVER () AS left_count,"
+        f" COUNT(*) FILTER (WHERE p.is_practice) OVER () AS practice_left,"
+        f" (SELECT COUNT(*) {mine}) AS total_count,"
+        f" (SELECT COUNT(*) {mine} AND t.is_practice) AS practice_count{previous}"
+        f" FROM {p} p LEFT JOIN {a} a ON a.presentation_id = p.id"
+        f" WHERE p.study_id = %(study)s AND p.reader_id = %(reader)s AND a.id IS NULL"
+        f" ORDER BY p.position LIMIT 2"
+    )
+
+
 def reader_state(*, user, study: Study, at=None) -> ReaderState:
     """Where a reader is: the first unanswered presentation and the one after it.
+
+    One query, whatever the length of the sequence: the first two unanswered
+    presentations, each carrying the counts (windows over the unanswered ones, and
+    subqueries over the whole sequence, which never changes once built). Only a
+    finished reader, who has no unanswered presentation to carry them, costs a second.
+    Each presentation returned has `given`, its answer (None but on a step back).
 
     `at` (a presentation id) is a step back to an answered image, where the study
     allows going back; anything else there is a 404, like every other probe.
     """
-    mine = Presentation.objects.filter(study=study, reader=user).select_related("study")
-    counts = mine.aggregate(
-        total=Count("pk"),
-        answered=Count("pk", filter=Q(answer__isnull=False)),
-        practice=Count("pk", filter=Q(is_practice=True)),
-        practice_answered=Count("pk", filter=Q(is_practice=True, answer__isnull=False)),
-    )
-    pending = list(mine.filter(answer__isnull=True).order_by("position")[:2])
+    mine = Presentation.objects.filter(study=study, reader=user)
+    params = {"study": study.pk, "reader": user.pk}
+    pending = list(Presentation.objects.raw(_pending_sql(study.allow_back), params))
+    if pending:
+        first = pending[0]
+        total, practice = first.total_count, first.practice_count
+        answered, practice_answered = total - first.left_count, practice - first.practice_left
+    else:
+        counts = mine.aggregate(total=Count("pk"), practice=Count("pk", filter=Q(is_practice=True)))
+        total, practice = counts["total"], counts["practice"]
+        answered, practice_answered = total, practice
+    for presentation in pending:
+        presentation.given = None
+        if study.allow_back and presentation.previous_id is not None:
+            presentation.previous_id = Presentation._meta.pk.to_python(presentation.previous_id)
     current = pending[0] if pending else None
     following = pending[1] if len(pending) > 1 else None
     if at is not None:
         if not study.allow_back:
             raise Http404
         try:
-            current, following = mine.get(pk=at, answer__isnull=False, is_practice=False), current
+            back = _with_previous(mine.select_related("answer"), study).get(
+                pk=at, answer__isnull=False, is_practice=False
+            )
         except (Presentation.DoesNotExist, ValueError, ValidationError):
             raise Http404 from None
+        back.given = back.answer
+        current, following = back, current
+    for presentation in (current, following):
+        if presentation is not None:
+            presentation.study = study  # known already: the study's row is not loaded again
     return ReaderState(
         current=current,
         next=following,
-        answered=counts["answered"],
-        total=counts["total"],
-        practice_total=counts["practice"],
-        practice_answered=counts["practice_answered"],
-    )
-
-
-def previous_for_reader(presentation: Presentation) -> Presentation | None:
-    """The answered study image before this one, for going back (never practice)."""
-    return (
-        Presentation.objects.filter(
-            study=presentation.study_id,
-            reader=presentation.reader_id,
-            position__lt=presentation.position,
-            is_practice=False,
-            answer__isnull=False,
-        )
-        .order_by("-position")
-        .first()
+        answered=answered,
+        total=total,
+        practice_total=practice,
+        practice_answered=practice_answered,
     )
 
 

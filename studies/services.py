@@ -86,18 +86,16 @@ def answer_submit(*, presentation: Presentation, label: str, confidence=None, vi
     else:
         confidence = None
     viewing_ms = _viewing_ms(viewing_ms)
-    existing = Answer.objects.filter(presentation=presentation).first()
-    if existing:
-        return _answer_change(
-            existing, study=study, label=label, confidence=confidence, viewing_ms=viewing_ms
-        )
+    # The first answer is the common case: insert it straight away; a second one (a retry, a
+    # double click, a change) loses to the constraint and is dealt with as a change.
     try:
         with transaction.atomic():
             return Answer.objects.create(
                 presentation=presentation, label=label, confidence=confidence, viewing_ms=viewing_ms
             )
     except IntegrityError:
-        return Answer.objects.get(presentation=presentation)
+        existing = Answer.objects.get(presentation=presentation)
+    return _answer_change(existing, study=study, label=label, confidence=confidence, viewing_ms=viewing_ms)
 
 
 def _viewing_ms(value) -> int:

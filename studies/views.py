@@ -20,7 +20,6 @@ from .blinding import truth_may_be_shown
 from .models import Image, Study
 from .selectors import (
     presentation_for_reader,
-    previous_for_reader,
     reader_file,
     reader_state,
     studies_for_reader,
@@ -63,7 +62,8 @@ def study_label(request, study_id):
     study = study_for_reader(user=request.user, study_id=study_id)
     if study.status == Study.Status.CLOSED:
         return render(request, "studies/closed.html", {"study": study}, status=200)
-    if reader_state(user=request.user, study=study).done:
+    state = reader_state(user=request.user, study=study)
+    if state.done:
         return redirect("study_done", study.pk)
     context = {
         "study": study,
@@ -76,7 +76,7 @@ def study_label(request, study_id):
         "allow_back": study.allow_back,
         "time_limit_ms": (study.time_limit_seconds or 0) * 1000,
         "time_limit_s": study.time_limit_seconds,
-        "first_visit": reader_state(user=request.user, study=study).answered == 0,
+        "first_visit": state.answered == 0,
     }
     return render(request, "studies/label.html", context)
 
@@ -98,9 +98,9 @@ def _item(presentation, state) -> dict | None:
         "practice": practice,
     }
     if presentation.study.allow_back and not practice:
-        previous = previous_for_reader(presentation)
-        item["previous"] = str(previous.pk) if previous else None
-        answer = getattr(presentation, "answer", None)
+        previous = presentation.previous_id
+        item["previous"] = str(previous) if previous else None
+        answer = presentation.given
         item["answer"] = {"label": answer.label, "confidence": answer.confidence} if answer else None
     return item
 

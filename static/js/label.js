@@ -10,7 +10,10 @@
 
   const PLACEHOLDER = "00000000-0000-0000-0000-000000000000";
   const SETTLE_MS = 350; // input is ignored this long after a new image appears (double presses)
-  const RETRY_DELAYS_S = [1, 2, 4, 8, 15, 30];
+  // Back-off for requests that failed on the server's side: short, so that an answer kept
+  // through an outage is sent within seconds of the server's return.
+  const RETRY_DELAYS_S = [1, 2, 3, 5];
+  const RETRY_AFTER_MAX_S = 30; // the most a server's Retry-After is waited for
   const MIN_SCALE = 1;
   const MAX_SCALE = 12;
 
@@ -73,24 +76,36 @@
   const now = () => performance.now();
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-  /** Wait for a retry: the delay, or sooner when the browser comes back online. */
+  /** Wait for a retry: the delay, or less if the browser comes back online or the page is shown again. */
   function retryWait(seconds) {
     return new Promise((resolve) => {
       const done = () => {
         clearTimeout(timer);
         window.removeEventListener("online", done);
+        document.removeEventListener("visibilitychange", shown);
         resolve();
       };
+      const shown = () => document.visibilityState === "visible" && done();
       const timer = setTimeout(done, seconds * 1000);
       window.addEventListener("online", done);
+      document.addEventListener("visibilitychange", shown);
     });
   }
 
+  /** A response's Retry-After in seconds (a number of seconds or an HTTP date), or 0. */
+  function retryAfterS(res) {
+    const value = res.headers.get("Retry-After");
+    if (!value) return 0;
+    const seconds = /^\d+$/.test(value.trim()) ? Number(value) : (Date.parse(value) - Date.now()) / 1000;
+    return Number.isFinite(seconds) ? Math.min(Math.max(seconds, 0), RETRY_AFTER_MAX_S) : 0;
+  }
+
   class HttpError extends Error {
-    constructor(status, data) {
+    constructor(status, data, retryAfter = 0) {
       super(`HTTP ${status}`);
       this.status = status;
       this.data = data;
+      this.retryAfter = retryAfter; // seconds the server asked to wait (503, 429)
     }
   }
   class SessionEnded extends Error {}
@@ -110,7 +125,7 @@
         data = null;
       }
     }
-    if (!res.ok) throw new HttpError(res.status, data);
+    if (!res.ok) throw new HttpError(res.status, data, retryAfterS(res));
     if (data === null) throw new HttpError(res.status, null); // e.g. an HTML page where JSON was due
     return data;
   }
@@ -127,7 +142,8 @@
         return result;
       } catch (err) {
         if (!retryable(err)) throw err;
-        const delay = RETRY_DELAYS_S[Math.min(attempt, RETRY_DELAYS_S.length - 1)];
+        const backoff = RETRY_DELAYS_S[Math.min(attempt, RETRY_DELAYS_S.length - 1)];
+        const delay = Math.ceil(Math.max(backoff, err.retryAfter || 0));
         setStatus(`${describe} Trying again in ${delay} s.`, "warn");
         await retryWait(delay);
         setStatus(`${describe} Trying again now…`, "warn");
@@ -267,7 +283,7 @@
   async function fetchImageUrl(src) {
     const res = await fetch(src, { credentials: "same-origin", cache: "no-store" });
     if (isLoginRedirect(res)) throw new SessionEnded();
-    if (!res.ok) throw new HttpError(res.status, null);
+    if (!res.ok) throw new HttpError(res.status, null, retryAfterS(res));
     const blob = await res.blob();
     if (!blob.type.startsWith("image/")) throw new HttpError(res.status, null);
     return URL.createObjectURL(blob);
