@@ -140,9 +140,15 @@ def _checkout_if_whole(root: Path, digest: str) -> Checkout | None:
     folder, record_path = root / digest, _record_path(root, digest)
     if not (folder.is_dir() and record_path.is_file()):
         return None
-    record = json.loads(record_path.read_text())
-    expected = {entry["path"]: entry for entry in record["manifest"]["files"]}
-    for relative, stat in record["stats"].items():
+    try:
+        record = json.loads(record_path.read_text())
+        expected = {entry["path"]: entry for entry in record["manifest"]["files"]}
+        stats = record["stats"]
+    except (ValueError, KeyError, TypeError):
+        logger.warning("The cache's record of model %s is unreadable: fetching it again", digest[:12])
+        _remove(root, digest)
+        return None
+    for relative, stat in stats.items():
         path = folder / relative
         try:
             if _stat(path) == stat:

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from django.core.files import File
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from config.storage import storage_error_text, storage_errors
@@ -104,8 +105,6 @@ def _save(name: str, path: Path) -> None:
 
 
 def _save_bytes(name: str, body: bytes) -> None:
-    from django.core.files.base import ContentFile
-
     if default_storage.exists(name):
         default_storage.delete(name)
     if default_storage.save(name, ContentFile(body)) != name:
