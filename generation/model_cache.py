@@ -65,7 +65,8 @@ class Checkout:
         self.release()
 
     def __del__(self):
-        self.release()
+        with contextlib.suppress(Exception):  # at interpreter exit, os may be gone already
+            self.release()
 
 
 def cache_root() -> Path:

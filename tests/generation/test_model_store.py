@@ -8,7 +8,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
-from generation.jobs import job_launch
+from generation.jobs import chunk_run, job_launch
 from generation.model_cache import cached_digests, model_checkout
 from generation.models import GeneratedImage, GenerationJob, GenerativeModel
 from generation.services import model_register
@@ -135,13 +135,12 @@ def test_processes_checking_out_one_model_at_once_all_get_the_one_whole_copy(mod
 
 
 def test_a_model_registered_before_models_were_stored_loads_from_its_path():
-    from tests.generation.test_generate import make_images
-
     model = GenerativeModel.objects.create(
         name="legacy", path=str(built("ddpm")), pipeline_class="DDPMPipeline", native_size=32
     )
-    model.versions.create(number=1, steps=2, batch_size=2)
-    job = make_images(model, count=2)
+    job = job_launch(version=model.versions.create(number=1, steps=2, batch_size=2), count=2)
+    chunk_run(job_id=job.pk, seeds=[0, 1])  # what a worker does with the job's one chunk
+    job.refresh_from_db()
     assert (job.status, job.error) == ("done", "")
     assert GeneratedImage.objects.filter(version__model=model).count() == 2
     assert cached_digests() == []
