@@ -159,7 +159,7 @@ def run_app(args, images, var: Path) -> float:
     prompts = training_prompts(len(images)) if args.method != "unconditional" else None
     start = time.perf_counter()
     outcome = training_loop(
-        params=params, images=images, folder=var / "checkpoints", until=args.steps, prompts=prompts
+        params=params, images=images, checkpoints="checkpoints", until=args.steps, prompts=prompts
     )
     _synchronize()
     seconds = time.perf_counter() - start

@@ -296,12 +296,15 @@ READER_IMAGE_ACCEL_PREFIX = env_str("READER_IMAGE_ACCEL_PREFIX", "")
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DATA_UPLOAD_MAX_NUMBER_FILES", 1000)
 
 # --- Generation -----------------------------------------------------------------
-# Where models registered from a .zip are unpacked; must be readable by every GPU worker.
-MODELS_ROOT = Path(env_str("MODELS_ROOT", str(VAR_DIR / "models")))
+# Models live in the storage (models/<sha256 of the manifest>/, generation/store.py); each
+# worker keeps local copies of those it loads here, checked by hash, the least recently
+# used removed beyond MODEL_CACHE_BYTES (generation/model_cache.py). Local to each host.
+MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(VAR_DIR / "model-cache")))
+MODEL_CACHE_BYTES = env_int("MODEL_CACHE_BYTES", 100 * 2**30)
 # Pipelines each worker process keeps loaded (least recently used goes first).
 PIPELINE_CACHE_SIZE = env_int("PIPELINE_CACHE_SIZE", 2)
-# Checkpoints of training jobs (TRAINING_ROOT/<job id>); trained pipelines go to MODELS_ROOT.
-TRAINING_ROOT = Path(env_str("TRAINING_ROOT", str(VAR_DIR / "training")))
+# Checkpoints and previews of training jobs are in the storage (training/<job id>/), so a
+# job resumes on whichever host takes it up.
 # A training task stops at a checkpoint after this long and queues its continuation, so a job
 # may run longer than any one task may (0: after every step, for tests).
 TRAINING_SLICE_SECONDS = env_int("TRAINING_SLICE_SECONDS", CELERY_TASK_SOFT_TIME_LIMIT * 4 // 5)

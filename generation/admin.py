@@ -58,13 +58,13 @@ class GenerativeModelAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         # The weights are fixed once registered (shown as text, not as a box): new weights, new model.
-        fixed = ["path", "lora_path"] if obj else []
+        fixed = ["path", "lora_path", "digest", "lora_digest"] if obj else []
         return [*fixed, *self.readonly_fields]
 
     def get_fieldsets(self, request, obj=None):
         settings = list(ModelVersion.SETTINGS)
         first = ["name", "description", "path", "lora_path"] + (
-            ["pipeline_class", "native_size"] if obj else []
+            ["digest", "lora_digest", "pipeline_class", "native_size"] if obj else []
         )
         sets = [(None, {"fields": first}), ("Generation settings", {"fields": settings})]
         if obj:

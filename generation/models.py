@@ -41,10 +41,22 @@ class GenerativeModel(models.Model):
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
     path = models.CharField(
-        max_length=1000, help_text="Folder with model_index.json, on storage that every GPU worker reads."
+        max_length=1000,
+        help_text="Folder with model_index.json (or a .zip of one), read once when registering: "
+        "the model is then kept in the storage.",
     )
     pipeline_class = models.CharField(max_length=100)
-    lora_path = models.CharField(max_length=1000, blank=True, help_text="Optional LoRA adapter.")
+    lora_path = models.CharField(
+        max_length=1000, blank=True, help_text="Optional LoRA adapter (folder or .safetensors file)."
+    )
+    # The stored copies (generation/store.py): the sha256 of each one's manifest. Empty for a
+    # model registered before models were stored: it loads from `path`, which every worker must read.
+    digest = models.CharField(
+        "stored as", max_length=64, blank=True, help_text="sha256 of the stored pipeline's manifest."
+    )
+    lora_digest = models.CharField(
+        "LoRA stored as", max_length=64, blank=True, help_text="sha256 of the stored adapter's manifest."
+    )
     native_size = models.PositiveIntegerField(help_text="Side of the images the pipeline makes by default.")
     created = models.DateTimeField(auto_now_add=True)
 
@@ -53,6 +65,10 @@ class GenerativeModel(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def has_lora(self) -> bool:
+        return bool(self.lora_digest or self.lora_path)
 
     @property
     def current_version(self) -> "ModelVersion":
@@ -197,8 +213,9 @@ class GeneratedImage(models.Model):
 class TrainingJob(models.Model):
     """Train a new model from image sets on a GPU worker; on success it is registered as `name`.
 
-    The worker checkpoints every `checkpoint_every` steps under TRAINING_ROOT/<pk>, and a
-    task that finds a checkpoint resumes from it exactly (same weights as a run never stopped).
+    The worker checkpoints every `checkpoint_every` steps in the storage under training/<pk>/,
+    and a task that finds a checkpoint there, on any host, resumes from it exactly (same
+    weights as a run never stopped).
     """
 
     class Method(models.TextChoices):
@@ -279,7 +296,9 @@ class TrainingJob(models.Model):
         default=0, help_text="Times the sweep resumed this job after its worker went silent."
     )
     previews = models.JSONField(
-        default=list, blank=True, help_text='[{"step": n, "file": path under TRAINING_ROOT}] in step order.'
+        default=list,
+        blank=True,
+        help_text='[{"step": n, "file": name under training/ in the storage}] in step order.',
     )
     step = models.PositiveIntegerField(default=0, help_text="Steps done (as of the last report).")
     loss_history = models.JSONField(default=list, blank=True, help_text="[step, mean loss] pairs.")

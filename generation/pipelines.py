@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.conf import settings
 
+from .model_cache import model_folders
+
 SCHEDULERS = {
     "ddpm": ("DDPMScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
@@ -72,6 +74,13 @@ class Loaded:
     scheduler_config: dict
     key: tuple = ()
     notes: dict = field(default_factory=dict)  # what we changed on the pipeline, for provenance
+    # The local copies it was loaded from (generation/model_cache.py): kept from eviction
+    # while the pipeline is loaded, released when it is dropped.
+    checkouts: list = field(default_factory=list)
+
+    def release(self) -> None:
+        for checkout in self.checkouts:
+            checkout.release()
 
 
 logger = logging.getLogger(__name__)
@@ -97,21 +106,25 @@ def resolve_dtype(requested: str, device: str, pipeline_class: str = "") -> str:
 def pipeline_for(version) -> Loaded:
     """The loaded pipeline for this version's model, from a small per-process cache.
 
-    Keyed by what loading depends on (folder, LoRA, dtype), so a new version that
-    changes only steps or prompts reuses the loaded weights.
+    Keyed by what loading depends on (the stored pipeline and adapter, dtype), so a new
+    version that changes only steps or prompts reuses the loaded weights.
     """
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = version.model
-    key = (model.path, model.lora_path, resolve_dtype(version.dtype, device, model.pipeline_class))
+    key = (
+        model.digest or model.path,
+        model.lora_digest or model.lora_path,
+        resolve_dtype(version.dtype, device, model.pipeline_class),
+    )
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
         # Make room before loading, so memory never holds one pipeline more than the cache.
         while _cache and len(_cache) >= settings.PIPELINE_CACHE_SIZE:
-            _cache.popitem(last=False)
+            _cache.popitem(last=False)[1].release()
         if device == "cuda":
             torch.cuda.empty_cache()
         try:
@@ -122,6 +135,8 @@ def pipeline_for(version) -> Loaded:
             # Out of memory while loading: drop every other pipeline and try once more
             # (outside the except block, whose traceback would hold the half-loaded weights).
             logger.warning("Out of memory loading %s: emptying the pipeline cache, trying again", model)
+            for dropped in _cache.values():
+                dropped.release()
             _cache.clear()
             gc.collect()
             torch.cuda.empty_cache()
@@ -136,9 +151,22 @@ def forget(loaded: Loaded) -> None:
     with _lock:
         if _cache.get(loaded.key) is loaded:
             del _cache[loaded.key]
+            loaded.release()
 
 
 def _load(model, device: str, dtype: str) -> Loaded:
+    checkouts, folder, lora = model_folders(model)
+    try:
+        loaded = _load_from(model, folder, lora, device, dtype)
+    except BaseException:
+        for checkout in checkouts:
+            checkout.release()
+        raise
+    loaded.checkouts = checkouts
+    return loaded
+
+
+def _load_from(model, folder: str, lora: str, device: str, dtype: str) -> Loaded:
     import torch
     import transformers
     from diffusers import DiffusionPipeline
@@ -154,13 +182,15 @@ def _load(model, device: str, dtype: str) -> Loaded:
     if model.pipeline_class == "StableDiffusionXLPipeline":
         kwargs["add_watermarker"] = False  # an invisible watermark would tell synthetic images apart
         notes["watermark"] = "disabled"
-    pipe = DiffusionPipeline.from_pretrained(model.path, **kwargs)
+    pipe = DiffusionPipeline.from_pretrained(folder, **kwargs)
     if getattr(pipe, "watermark", None) is not None:
         pipe.watermark = None
         notes["watermark"] = "disabled"
-    if model.lora_path:
-        pipe.load_lora_weights(model.lora_path)
-        notes["lora"] = model.lora_path
+    if lora:
+        pipe.load_lora_weights(lora)
+        notes["lora"] = model.lora_digest or model.lora_path
+    if model.digest:
+        notes["model_sha256"] = model.digest
     pipe.to(device)
     vae = getattr(pipe, "vae", None)
     if hasattr(vae, "enable_slicing"):
@@ -229,7 +259,7 @@ def _call(loaded: Loaded, version, seeds: list[int], prompts: list[str]) -> np.n
         kwargs.update(prompt=prompts, guidance_scale=version.guidance, height=size, width=size)
         if cls not in NO_NEGATIVE_PROMPT and version.negative_prompt:
             kwargs["negative_prompt"] = [version.negative_prompt] * len(seeds)
-        if version.model.lora_path and cls in LORA_SCALE_ARGUMENT:
+        if version.model.has_lora and cls in LORA_SCALE_ARGUMENT:
             kwargs[LORA_SCALE_ARGUMENT[cls]] = {"scale": version.lora_scale}
     out_of_memory = ""
     try:

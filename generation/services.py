@@ -1,16 +1,17 @@
 """Writes of the generation app: worker reports, the model registry, versioned settings."""
 
-import shutil
+import contextlib
+import tempfile
 import uuid
 from pathlib import Path
 
-from django.conf import settings as django_settings
 from django.db import transaction
 
 from analysis.cells import formula_refusal
 
 from .models import GenerativeModel, ModelVersion, WorkerReport
 from .registry import ALLOWED_PIPELINES, ModelRefused, inspect_lora, inspect_pipeline, unpack_zip
+from .store import LORA_WEIGHTS, ModelUnavailable, folder_files, model_store
 
 TEXT_PIPELINES = {name for name, text in ALLOWED_PIPELINES.items() if text}
 
@@ -55,24 +56,31 @@ def worker_reports_request() -> uuid.UUID:
 
 
 def model_register(
-    *, name: str, path: str, lora_path: str = "", description: str = "", **settings
-) -> GenerativeModel:
-    """Check the pipeline folder (or .zip) and register it with its first settings version.
+    *, name: str, path: str, lora_path: str = "", description: str = "", path_label: str = "",
+    lora_label: str = "", **settings
+) -> GenerativeModel:  # fmt: skip
+    """Check the pipeline folder (or .zip) and the adapter, store them, and register the model
+    with its first settings version.
 
-    The checks (and unpacking a zip) run before the transaction: they can be slow,
-    and SQLite would hold its write lock throughout.
+    The files are read here once: they are stored content-addressed (generation/store.py),
+    and every worker fetches them from the storage, so the folder need not outlive this
+    call nor be visible to any worker. `path_label` and `lora_label` replace the folders in
+    what the registry shows (a trained model names its training job). The checks, the
+    unpacking of a zip and the storing run before the transaction: they can be slow, and
+    SQLite would hold its write lock throughout.
     """
     if problem := formula_refusal(name, "a model's name"):
         raise ModelRefused(problem)
     if GenerativeModel.objects.filter(name=name).exists():
         raise ModelRefused(f"a model named {name!r} is already registered")
-    folder = Path(path)
-    unpacked = folder.suffix.lower() == ".zip" and folder.is_file()
-    if unpacked:
-        folder = unpack_zip(folder, django_settings.MODELS_ROOT)
-    try:
+    with contextlib.ExitStack() as stack:
+        folder = Path(path)
+        if folder.suffix.lower() == ".zip" and folder.is_file():
+            # Unpacked on this host's temporary disk only for the checks and the storing.
+            unpacked = stack.enter_context(tempfile.TemporaryDirectory(prefix="readerstudy-model-"))
+            folder = unpack_zip(folder, Path(unpacked))
         info = inspect_pipeline(folder)
-        lora = str(inspect_lora(lora_path, info.pipeline_class)) if lora_path else ""
+        lora = inspect_lora(lora_path, info.pipeline_class) if lora_path else None
         if settings.get("prompts") and not info.text_conditioned:
             raise ModelRefused(f"{info.pipeline_class} takes no prompt; leave the prompts out")
         if info.text_conditioned and not settings.get("prompts"):
@@ -80,20 +88,23 @@ def model_register(
                 f"{info.pipeline_class} is a text-to-image model: it needs at least one prompt"
             )
         settings = _checked(settings, pipeline_class=info.pipeline_class)
-        with transaction.atomic():
-            model = GenerativeModel.objects.create(
-                name=name,
-                path=str(folder.resolve()),
-                pipeline_class=info.pipeline_class,
-                lora_path=lora,
-                native_size=info.native_size,
-                description=description,
-            )
-            ModelVersion.objects.create(model=model, number=1, **settings)
-    except Exception:
-        if unpacked:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
+        try:
+            digest = model_store(folder_files(folder))
+            lora_digest = model_store({LORA_WEIGHTS: lora}) if lora else ""
+        except ModelUnavailable as exc:
+            raise ModelRefused(str(exc)) from None
+    with transaction.atomic():
+        model = GenerativeModel.objects.create(
+            name=name,
+            path=path_label or str(Path(path).resolve()),
+            pipeline_class=info.pipeline_class,
+            lora_path=lora_label or (str(lora) if lora else ""),
+            digest=digest,
+            lora_digest=lora_digest,
+            native_size=info.native_size,
+            description=description,
+        )
+        ModelVersion.objects.create(model=model, number=1, **settings)
     return model
 
 

@@ -8,12 +8,18 @@ Resuming is exact: the trained weights, the optimizer, the EMA, the loss scaler,
 generator and the step are in each checkpoint, and the data order is a function of
 (seed, step) alone, so a run stopped at any checkpoint and resumed ends with the same
 weights as one never stopped. Previews run with torch's random state set aside.
+
+Checkpoints, previews and the trained model go to the storage (config/storage.py), the base
+model comes from this host's model cache (generation/model_cache.py): a job resumed by the
+sweep or a retry continues on whichever host takes it up, from nothing but the database
+and the storage.
 """
 
 import io
 import json
-import os
-import shutil
+import re
+import secrets
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,17 +32,23 @@ import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from diffusers.training_utils import EMAModel
 from django.conf import settings
+from django.core.files import File
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 from PIL import Image as PILImage
 from safetensors.torch import load_file, save_file
 
+from config.storage import local_copies, storage_delete_tree
 from studies.imaging.normalise import normalise
 from studies.models import Image
 
+from .model_cache import model_folders
 from .models import TrainingJob
 from .services import model_register
-from .training_jobs import training_prompt
+from .store import file_sha256
+from .training_jobs import TRAINING, training_prompt
 from .training_methods import PREVIEW_SEEDS, Trainee, loss_of, random_state_kept, trainee_build
 from .training_methods import noise_scheduler as noise_scheduler  # the unconditional one, for callers
 from .training_methods import unet_build as unet_build
@@ -67,11 +79,10 @@ class Params:
     train_text_encoder: bool = False
     preview_every: int = 0
     method: str = "unconditional"
-    base_path: str = ""  # lora and full: the registered base's pipeline folder
+    base_path: str = ""  # lora and full: the base's local pipeline folder (its checkout)
 
     @classmethod
-    def of(cls, job: TrainingJob) -> "Params":
-        base_path = job.base.path if job.base_id else ""
+    def of(cls, job: TrainingJob, *, base_path: str = "") -> "Params":
         return cls(**{name: getattr(job, name) for name in HYPERPARAMETERS}, base_path=base_path)
 
     @property
@@ -146,63 +157,99 @@ def training_device() -> str:
 
 
 # --- Checkpoints ---------------------------------------------------------------------
+# In the storage under training/<job>/: step-<n>-<token>/ holds weights.safetensors and
+# state.pt, then complete.json (their sha256) written last. Object storage has no rename
+# of folders: a checkpoint without complete.json (its writer died) is never taken, and each
+# write has its own token, so two deliveries of a task never write into one folder.
+
+WEIGHTS, STATE, COMPLETE = "weights.safetensors", "state.pt", "complete.json"
+CHECKPOINT = re.compile(r"step-(\d{9})-[0-9a-f]+")
 
 
-def checkpoint_save(folder: Path, *, weights: dict, state: dict, step: int) -> Path:
-    """Write step-<n>/ (weights.safetensors, state.pt) via a temporary folder and one rename.
+class CheckpointDamaged(Exception):
+    """A stored checkpoint whose files do not match the hashes written with it."""
 
-    A worker killed mid-write leaves a temporary folder, never a half checkpoint; the
-    older checkpoints are removed only once the new one is in place.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{step:09d}"
-    temporary = folder / f".tmp-step-{step:09d}-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    save_file(weights, temporary / "weights.safetensors")
+
+def checkpoint_step(name: str) -> int:
+    """The step of a checkpoint, from its name."""
+    return int(CHECKPOINT.fullmatch(name.rsplit("/", 1)[-1]).group(1))
+
+
+def _checkpoints(prefix: str) -> list[str]:
+    try:
+        folders, _ = default_storage.listdir(prefix)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(f"{prefix}/{folder}" for folder in folders if CHECKPOINT.fullmatch(folder))
+
+
+def checkpoint_save(prefix: str, *, weights: dict, state: dict, step: int) -> str:
+    """Store a checkpoint (written locally first, then copied); the older ones go once it is whole."""
+    name = f"{prefix}/step-{step:09d}-{secrets.token_hex(4)}"
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({**state, "rng": rng, "step": step}, temporary / "state.pt")
-    if final.exists():  # the same step written by an earlier delivery of the task
-        shutil.rmtree(final)
-    os.replace(temporary, final)
-    for older in folder.glob("step-*"):
-        if older.name < final.name:
-            shutil.rmtree(older, ignore_errors=True)
-    return final
+    hashes = {}
+    with tempfile.TemporaryDirectory(prefix="readerstudy-checkpoint-") as local:
+        save_file(weights, Path(local) / WEIGHTS)
+        torch.save({**state, "rng": rng, "step": step}, Path(local) / STATE)
+        for file in (WEIGHTS, STATE):
+            hashes[file] = file_sha256(Path(local) / file)
+            with open(Path(local) / file, "rb") as f:
+                default_storage.save(f"{name}/{file}", File(f, name=file))
+    default_storage.save(f"{name}/{COMPLETE}", ContentFile(json.dumps({"step": step, "sha256": hashes})))
+    for other in _checkpoints(prefix):
+        if other != name and checkpoint_step(other) <= step:
+            storage_delete_tree(default_storage, other)
+    return name
 
 
-def checkpoint_latest(folder: Path) -> Path | None:
-    done = sorted(folder.glob("step-*")) if folder.is_dir() else []
-    return done[-1] if done else None
+def checkpoint_latest(prefix: str) -> str | None:
+    """The latest whole checkpoint under `prefix` in the storage, by name; None if none."""
+    for name in reversed(_checkpoints(prefix)):
+        if default_storage.exists(f"{name}/{COMPLETE}"):
+            return name
+    return None
 
 
-def checkpoint_load(path: Path) -> tuple[dict, dict]:
-    """The weights and the state of a checkpoint; torch's random state is restored here."""
-    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+def checkpoint_load(name: str) -> tuple[dict, dict]:
+    """The weights and the state of a stored checkpoint, checked by hash; torch's random state
+    is restored here."""
+    with default_storage.open(f"{name}/{COMPLETE}", "rb") as f:
+        expected = json.loads(f.read())["sha256"]
+    files = [f"{name}/{WEIGHTS}", f"{name}/{STATE}"]
+    with local_copies(default_storage, files) as paths:
+        for file, path in paths.items():
+            if file_sha256(path) != expected[file.rsplit("/", 1)[-1]]:
+                raise CheckpointDamaged(f"the checkpoint file {file} does not match its hash: it is damaged")
+        state = torch.load(paths[files[1]], weights_only=True, map_location="cpu")
+        weights = load_file(paths[files[0]])
     rng = state.pop("rng")
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return load_file(path / "weights.safetensors"), state
+    return weights, state
 
 
-def checkpoints_remove(folder: Path) -> None:
-    """Delete a finished job's checkpoints; its previews stay."""
-    for path in [*folder.glob("step-*"), *folder.glob(".tmp-step-*")]:
-        shutil.rmtree(path, ignore_errors=True)
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+def checkpoints_remove(prefix: str) -> None:
+    """Delete a finished job's checkpoints, whole or not; its previews stay."""
+    try:
+        folders, _ = default_storage.listdir(prefix)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for folder in folders:
+        if folder.startswith("step-"):
+            storage_delete_tree(default_storage, f"{prefix}/{folder}")
 
 
 # --- The loop ------------------------------------------------------------------------
 
 
-def training_loop(*, params: Params, images: torch.Tensor, folder: Path, until: int, on_step=None,
+def training_loop(*, params: Params, images: torch.Tensor, checkpoints: str, until: int, on_step=None,
                   prompts: list[str] | None = None, on_preview=None,
                   preview_guidance: float = 7.5) -> Outcome:  # fmt: skip
-    """Train from the latest checkpoint in `folder` (or from scratch) up to step `until`.
+    """Train from the latest checkpoint under `checkpoints` (a folder in the storage) or from
+    scratch, up to step `until`.
 
     `on_step(step, losses)` is called after every step and answers "go", "cancel" (stop;
     the last checkpoint stays) or "pause" (checkpoint now and stop, to be resumed).
@@ -222,7 +269,7 @@ def training_loop(*, params: Params, images: torch.Tensor, folder: Path, until: 
     generator = torch.Generator().manual_seed(params.seed)
     state = {"losses": [], "pending": [], "seconds": 0.0}
     step = 0
-    if latest := checkpoint_latest(folder):
+    if latest := checkpoint_latest(checkpoints):
         weights, state = checkpoint_load(latest)
         trainee.load_weights(weights)
         optimizer.load_state_dict(state.pop("optimizer"))
@@ -247,7 +294,7 @@ def training_loop(*, params: Params, images: torch.Tensor, folder: Path, until: 
             "generator": generator.get_state(),
             "ema": ema.state_dict() if ema else None,
         }
-        checkpoint_save(folder, weights=trainee.weights(), state=everything, step=step)
+        checkpoint_save(checkpoints, weights=trainee.weights(), state=everything, step=step)
 
     def preview():
         if ema:
@@ -303,8 +350,9 @@ def training_loop(*, params: Params, images: torch.Tensor, folder: Path, until: 
 # --- A job on a worker ---------------------------------------------------------------
 
 
-def job_folder(job: TrainingJob) -> Path:
-    return Path(settings.TRAINING_ROOT) / str(job.pk)
+def job_folder(job: TrainingJob) -> str:
+    """Where the job's checkpoints and previews are in the storage."""
+    return f"{TRAINING}/{job.pk}"
 
 
 def training_run(*, job_id: int, attempt: int = 1) -> str:
@@ -321,8 +369,12 @@ def training_run(*, job_id: int, attempt: int = 1) -> str:
         return "cancel"
     TrainingJob.objects.filter(pk=job_id, started__isnull=True).update(started=now)
     job = TrainingJob.objects.select_related("base").get(pk=job_id)
-    params = Params.of(job)
+    checkouts = []
     try:
+        base_folder = ""
+        if job.base_id:
+            checkouts, base_folder, _ = model_folders(job.base)  # the base, from this host's cache
+        params = Params.of(job, base_path=base_folder)
         images, listing = training_images(image_sets=job.image_sets.all(), resolution=job.resolution)
         prompts = None
         if job.base_id:
@@ -330,7 +382,7 @@ def training_run(*, job_id: int, attempt: int = 1) -> str:
         outcome = training_loop(
             params=params,
             images=images,
-            folder=job_folder(job),
+            checkpoints=job_folder(job),
             until=job.steps,
             on_step=_reporter(job_id, attempt),
             prompts=prompts,
@@ -339,7 +391,7 @@ def training_run(*, job_id: int, attempt: int = 1) -> str:
         )
         _report(job_id, attempt, outcome.step, outcome.losses)
         if outcome.stopped == "done":
-            _finish(job, outcome, listing, prompts)
+            _finish(job, outcome, listing, prompts, base_folder)
         return outcome.stopped
     except SoftTimeLimitExceeded:
         _fail(
@@ -351,6 +403,9 @@ def training_run(*, job_id: int, attempt: int = 1) -> str:
     except Exception as exc:
         _fail(job_id, attempt, f"Training failed: {type(exc).__name__}: {exc}")
         raise
+    finally:
+        for checkout in checkouts:
+            checkout.release()
 
 
 def _reporter(job_id: int, attempt: int):
@@ -372,18 +427,18 @@ def _reporter(job_id: int, attempt: int):
 
 
 def _previewer(job_id: int, attempt: int):
-    """The loop's on_preview: the grid as TRAINING_ROOT/<job>/previews/step-<n>.png, listed on the job.
+    """The loop's on_preview: the grid stored as training/<job>/previews/step-<n>.png, listed on the job.
 
-    A step previewed again (resumed from an earlier checkpoint) replaces its entry.
+    A step previewed again (resumed from an earlier checkpoint) replaces its file and its entry.
     """
 
     def on_preview(step: int, picture: PILImage.Image) -> None:
         relative = f"{job_id}/previews/step-{step}.png"
-        path = Path(settings.TRAINING_ROOT) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".tmp-{path.name}")
-        picture.save(temporary, format="PNG")
-        os.replace(temporary, path)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        name = f"{TRAINING}/{relative}"
+        default_storage.delete(name)  # quiet if absent; a folder storage never overwrites
+        default_storage.save(name, ContentFile(buffer.getvalue()))
         with transaction.atomic():
             mine = TrainingJob.objects.select_for_update().filter(pk=job_id, attempt=attempt)
             listed = mine.values_list("previews", flat=True).first()
@@ -407,14 +462,9 @@ def _fail(job_id: int, attempt: int, message: str) -> None:
     )
 
 
-def _finish(job: TrainingJob, outcome: Outcome, listing: list[dict], prompts: list[str] | None) -> None:
-    """Save what was trained under MODELS_ROOT, register it and record how it was made."""
-    folder = Path(settings.MODELS_ROOT) / f"trained-{job.pk}"
-    temporary = folder.with_name(f".tmp-{folder.name}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    outcome.trainee.save(temporary)
-    shutil.rmtree(folder, ignore_errors=True)  # an earlier delivery that died before registering
-    os.replace(temporary, folder)
+def _finish(job: TrainingJob, outcome: Outcome, listing: list[dict], prompts: list[str] | None,
+            base_folder: str) -> None:  # fmt: skip
+    """Register what was trained (stored like any model) and record how it was made."""
     version = job.base.current_version if job.base_id else None
     record = {
         "base": _base_record(version),
@@ -435,34 +485,45 @@ def _finish(job: TrainingJob, outcome: Outcome, listing: list[dict], prompts: li
         record["prompts"] = [[prompt, count] for prompt, count in Counter(prompts).most_common()]
     if job.method == TrainingJob.Method.LORA:
         record["peft"] = peft.__version__
-    with transaction.atomic():
-        model = model_register(
-            name=job.name,
-            description=f"Trained by training job {job.pk} ({job.method}, {job.steps} steps).",
-            **_registration(job, folder, version, prompts),
-        )
-        TrainingJob.objects.filter(pk=job.pk, attempt=job.attempt, status=Status.RUNNING).update(
-            status=Status.DONE, model=model, record=_plain(record), finished=timezone.now()
-        )
-    # The checkpoints served their purpose: the registered folder holds the result.
+    # Written on this host's temporary disk only to be stored (content-addressed) by registering.
+    with tempfile.TemporaryDirectory(prefix="readerstudy-trained-") as folder:
+        outcome.trainee.save(Path(folder))
+        with transaction.atomic():
+            model = model_register(
+                name=job.name,
+                description=f"Trained by training job {job.pk} ({job.method}, {job.steps} steps).",
+                **_registration(job, Path(folder), version, prompts, base_folder),
+            )
+            TrainingJob.objects.filter(pk=job.pk, attempt=job.attempt, status=Status.RUNNING).update(
+                status=Status.DONE, model=model, record=_plain(record), finished=timezone.now()
+            )
+    # The checkpoints served their purpose: the stored model holds the result.
     checkpoints_remove(job_folder(job))
 
 
-def _registration(job: TrainingJob, folder: Path, version, prompts: list[str] | None) -> dict:
+def _registration(job: TrainingJob, folder: Path, version, prompts: list[str] | None,
+                  base_folder: str) -> dict:  # fmt: skip
     """model_register's arguments: where the weights are, and the first version's settings.
 
-    A fine-tune generates as its base did (scheduler, steps, guidance, negative prompt,
-    dtype, batch), at the resolution it was trained at, with the prompts it learned.
+    The registry names the job as where the weights came from (the local folder is
+    temporary). A LoRA adapter is registered with its base's stored pipeline (the same
+    files: nothing new is stored). A fine-tune generates as its base did (scheduler,
+    steps, guidance, negative prompt, dtype, batch), at the resolution it was trained at,
+    with the prompts it learned.
     """
+    made_by = f"training job {job.pk}"
     if version is None:
         # 50 DDIM steps draw what 1000 DDPM steps would, twenty times faster.
-        return {"path": str(folder), "scheduler": "ddim", "steps": 50}
+        return {"path": str(folder), "path_label": made_by, "scheduler": "ddim", "steps": 50}
     carried = ["scheduler", "steps", "guidance", "negative_prompt", "dtype", "batch_size"]
     settings = {name: getattr(version, name) for name in carried}
     settings |= {"size": job.resolution, "prompts": list(Counter(prompts).keys())}
     if job.method == TrainingJob.Method.LORA:
-        return {"path": job.base.path, "lora_path": str(folder), **settings}
-    return {"path": str(folder), **settings}
+        return {
+            "path": base_folder, "path_label": job.base.path, "lora_path": str(folder), "lora_label": made_by,
+            **settings,
+        }  # fmt: skip
+    return {"path": str(folder), "path_label": made_by, **settings}
 
 
 def _base_record(version) -> dict | None:
@@ -473,6 +534,7 @@ def _base_record(version) -> dict | None:
         "name": model.name,
         "version": version.number,
         "path": model.path,
+        "digest": model.digest,
         "pipeline_class": model.pipeline_class,
         "settings": version.settings_dict(),
     }

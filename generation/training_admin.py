@@ -5,10 +5,10 @@ Pages only read and call the web-side services (generation/training_jobs.py); th
 move the jobs on.
 """
 
-from pathlib import Path
+from pathlib import PurePosixPath
 
-from django.conf import settings
 from django.contrib import admin, messages
+from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect
 from django.template.loader import render_to_string
@@ -23,6 +23,7 @@ from .models import GenerativeModel, TrainingJob
 from .plots import loss_curve
 from .training_jobs import (
     FINE_TUNABLE,
+    TRAINING,
     TrainingRefused,
     training_cancel,
     training_launch,
@@ -98,14 +99,15 @@ def _hyperparameters(recorded: dict) -> list[tuple[str, object]]:
     return [(labels.get(name, name), recorded[name]) for name in names]
 
 
-def preview_path(job: TrainingJob, step: int) -> Path:
-    """The PNG of the job's preview at `step`, which must lie inside TRAINING_ROOT (else 404)."""
-    root = Path(settings.TRAINING_ROOT).resolve()
+def preview_name(job: TrainingJob, step: int) -> str:
+    """The stored PNG of the job's preview at `step`: listed on the job, under training/<job>/, else 404."""
     for preview in job.previews:
         if preview.get("step") == step:
-            file = (root / str(preview.get("file", ""))).resolve()
-            if file.is_relative_to(root) and file.suffix == ".png" and file.is_file():
-                return file
+            relative = PurePosixPath(str(preview.get("file", "")))
+            inside = relative.parts[:1] == (str(job.pk),) and ".." not in relative.parts
+            name = f"{TRAINING}/{relative}"
+            if inside and relative.suffix == ".png" and default_storage.exists(name):
+                return name
             break
     raise Http404("No such preview")
 
@@ -201,7 +203,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
 
     def preview_view(self, request, pk, step):
         job = get_object_or_404(TrainingJob, pk=pk)
-        response = FileResponse(preview_path(job, step).open("rb"), content_type="image/png")
+        response = FileResponse(default_storage.open(preview_name(job, step), "rb"), content_type="image/png")
         response["Cache-Control"] = "private, no-store"
         return response
 

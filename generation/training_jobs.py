@@ -10,9 +10,11 @@ import shutil
 import string
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -20,6 +22,7 @@ from django.utils import timezone
 from analysis.cells import formula_refusal
 
 from .models import GenerativeModel, TrainingJob
+from .store import ModelUnavailable, folder_files, manifest_read, manifest_sizes, stored_json
 from .tasks import train
 
 Status = TrainingJob.Status
@@ -31,6 +34,8 @@ METHOD_NAMES = {Method.LORA: "LoRA fine-tuning", Method.FULL: "full fine-tuning"
 # 4,266 at width 8, 4,198 at 128); float32 weights.
 UNCONDITIONAL_PARAMETERS_PER_WIDTH2 = 4_300
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# Checkpoints and previews of job <pk> are in the storage under training/<pk>/ (generation/training.py).
+TRAINING = "training"
 
 
 class TrainingRefused(Exception):
@@ -107,19 +112,22 @@ def _fine_tune_refusal(*, method: str, base, resolution: int, rank: int, prompt_
             f"{what} is supported for {', '.join(sorted(FINE_TUNABLE))} bases only; "
             f"{base.name!r} is a {base.pipeline_class}"
         )
-    if base.lora_path:
+    if base.has_lora:
         return f"{base.name!r} carries a LoRA adapter; fine-tune the model it adapts, without one"
     if not 1 <= rank <= 256:
         return f"the LoRA rank must be between 1 and 256 (got {rank})"
     if problem := _template_refusal(prompt_template):
         return problem
-    folder = Path(base.path)
     try:
-        unet_levels = json.loads((folder / "unet" / "config.json").read_text())["block_out_channels"]
-        vae_levels = json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]
+        read_json, sizes = _base_files(base)
+        unet_levels = read_json("unet/config.json")["block_out_channels"]
+        vae_levels = read_json("vae/config.json")["block_out_channels"]
         vae_blocks, narrowest = len(vae_levels), min(unet_levels)
+    except ModelUnavailable as exc:
+        return f"the base's UNet and VAE configs cannot be read from the storage: {exc}"
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"the base's UNet and VAE configs cannot be read ({exc!r}); is {folder} still there?"
+        where = f"the stored model {base.digest[:12]}" if base.digest else base.path
+        return f"the base's UNet and VAE configs cannot be read ({exc!r}); is {where} still there?"
     # The VAE halves the side once per block after the first; so does the UNet.
     factor = 2 ** (vae_blocks - 1) * 2 ** (len(unet_levels) - 1)
     if resolution % factor:
@@ -127,16 +135,27 @@ def _fine_tune_refusal(*, method: str, base, resolution: int, rank: int, prompt_
             f"{base.name!r} takes sides that are multiples of {factor} pixels (its VAE's scale factor "
             f"times its UNet's downsampling); {resolution} is not"
         )
-    unet_bytes = _weight_bytes(folder / "unet")
+    unet_bytes = _weight_bytes(sizes, "unet")
     if method == Method.LORA:
         # Each adapted projection, at least as wide as the UNet's first level, gains at most
         # 2 x rank / width of its weights: an upper bound on the adapter's size.
         trained = unet_bytes * min(1.0, 2 * rank / narrowest)
         output = trained
     else:
-        trained = unet_bytes + (_weight_bytes(folder / "text_encoder") if train_text_encoder else 0)
-        output = sum(_weight_bytes(sub) for sub in folder.iterdir() if sub.is_dir())
+        trained = unet_bytes + (_weight_bytes(sizes, "text_encoder") if train_text_encoder else 0)
+        output = sum(_weight_bytes(sizes, component) for component in {p.split("/")[0] for p in sizes})
     return _disk_refusal(trained_bytes=trained, output_bytes=output, ema=ema)
+
+
+def _base_files(base: GenerativeModel):
+    """A reader of the base's JSON files and the sizes of its files by relative path: from the
+    storage (the manifest and the configs only, no weights fetched), or from the folder of a
+    model registered before models were stored."""
+    if base.digest:
+        return partial(stored_json, base.digest), manifest_sizes(manifest_read(base.digest))
+    folder = Path(base.path)
+    sizes = {name: path.stat().st_size for name, path in folder_files(folder).items()}
+    return (lambda relative: json.loads((folder / relative).read_text())), sizes
 
 
 def _template_refusal(template: str) -> str:
@@ -152,24 +171,33 @@ def _template_refusal(template: str) -> str:
     return ""
 
 
-def _weight_bytes(folder: Path) -> int:
-    if not folder.is_dir():
-        return 0
-    return sum(path.stat().st_size for path in folder.iterdir() if path.name.endswith(WEIGHT_SUFFIXES))
+def _weight_bytes(sizes: dict[str, int], component: str) -> int:
+    """The bytes of a component's weight files (not of its subfolders)."""
+    return sum(
+        size
+        for name, size in sizes.items()
+        if name.count("/") == 1 and name.startswith(f"{component}/") and name.endswith(WEIGHT_SUFFIXES)
+    )
 
 
 def _disk_refusal(*, trained_bytes: float, output_bytes: float, ema: bool) -> str:
     """Checkpoints hold the trained weights and AdamW's two moments (3x; 4x with an EMA), two of
-    them at once while a new one replaces the old; then the result is written."""
+    them at once while a new one replaces the old; then the result is stored.
+
+    All of it goes to the storage: on a folder (MEDIA_ROOT), its free disk is checked here;
+    object storage reports no free space, and a bucket rarely runs out.
+    """
+    if not isinstance(default_storage, FileSystemStorage):
+        return ""
     needed = int(2 * (4 if ema else 3) * trained_bytes + output_bytes)
-    root = Path(settings.TRAINING_ROOT)
+    root = Path(default_storage.location)
     while not root.exists() and root != root.parent:
         root = root.parent
     free = shutil.disk_usage(root).free
     if needed > free:
         return (
             f"too little free disk for the checkpoints: about {needed / 2**30:.1f} GiB needed, "
-            f"{free / 2**30:.1f} GiB free under {settings.TRAINING_ROOT}"
+            f"{free / 2**30:.1f} GiB free in the storage ({default_storage.location})"
         )
     return ""
 

@@ -76,6 +76,7 @@ def media_root(settings, tmp_path, request):
     own (TEST_STORAGE=s3, the default), or in a folder of its own (TEST_STORAGE=filesystem).
     Either way MEDIA_ROOT is a fresh folder, which holds the files under the filesystem."""
     use_filesystem(settings, tmp_path / "media")
+    settings.MODEL_CACHE_DIR = tmp_path / "model-cache"  # this host's copies of stored models
     if settings.TEST_STORAGE == "s3" and "filesystem_storage" not in request.fixturenames:
         request.getfixturevalue("object_store")
         use_object_storage(settings, f"t/{uuid.uuid4().hex}")
@@ -134,6 +135,7 @@ def worker_environment() -> dict[str, str]:
     env["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL
     env["MEDIA_ROOT"] = str(settings.MEDIA_ROOT)
     env["STORAGE_URL"] = settings.STORAGE_URL
+    env["MODEL_CACHE_DIR"] = str(settings.MODEL_CACHE_DIR)
     return env
 
 

@@ -34,6 +34,8 @@ def test_a_researcher_registers_a_model_in_the_admin(client, researcher):
     assert response.status_code == 302, response.context["adminform"].form.errors
     model = GenerativeModel.objects.get(name="admin-ddpm")
     assert model.pipeline_class == "DDPMPipeline" and model.current_version.steps == 2
+    page = client.get(f"/admin/generation/generativemodel/{model.pk}/change/").content.decode()
+    assert "Stored as" in page and model.digest in page
 
 
 def test_the_admin_shows_why_a_model_is_refused(client, researcher, tmp_path):

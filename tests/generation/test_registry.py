@@ -13,6 +13,8 @@ from django.core.management.base import CommandError
 from generation.models import GenerativeModel, ModelVersion
 from generation.registry import ModelRefused
 from generation.services import model_register, model_settings_update
+from generation.store import LORA_WEIGHTS
+from tests.conftest import stored_names
 from tests.generation.models import built, copy_of, lora
 
 pytestmark = pytest.mark.django_db
@@ -43,6 +45,9 @@ def test_every_supported_kind_registers(kind):
 def test_a_lora_adapter_registers_with_its_pipeline():
     model = model_register(name="sd+lora", path=str(built("sd-clip")), lora_path=str(lora()), prompts=["x"])
     assert model.lora_path.endswith("pytorch_lora_weights.safetensors")
+    assert model.digest and model.lora_digest and model.has_lora
+    adapter = f"models/{model.lora_digest}"
+    assert stored_names(adapter) == {f"{adapter}/{name}" for name in ("manifest.json", LORA_WEIGHTS)}
 
 
 def test_the_command_registers_with_settings_and_prints_them():
@@ -160,18 +165,17 @@ def test_a_lora_file_without_lora_weights_is_refused(tmp_path):
     assert "holds no LoRA weights" in refusal(built("sd-clip"), lora_path=str(tmp_path), prompts=["x"])
 
 
-def test_a_zip_of_a_pipeline_registers(tmp_path, settings):
-    settings.MODELS_ROOT = tmp_path / "models"
+def test_a_zip_of_a_pipeline_registers_as_the_same_stored_model_as_its_folder(tmp_path):
     archive = tmp_path / "cxr-ddpm.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for path in built("ddpm").rglob("*"):
             zf.write(path, f"cxr-ddpm/{path.relative_to(built('ddpm'))}")
     model = model_register(name="zipped", path=str(archive))
-    assert model.path.startswith(str(settings.MODELS_ROOT)) and model.pipeline_class == "DDPMPipeline"
+    assert model.path == str(archive) and model.pipeline_class == "DDPMPipeline"
+    assert model.digest == model_register(name="folder", path=str(built("ddpm"))).digest
 
 
-def test_a_zip_reaching_outside_its_folder_is_refused(tmp_path, settings):
-    settings.MODELS_ROOT = tmp_path / "models"
+def test_a_zip_reaching_outside_its_folder_is_refused(tmp_path):
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("../../outside.txt", "x")

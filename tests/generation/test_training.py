@@ -3,19 +3,18 @@ and its model registers and generates through a real worker."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from django.conf import settings
 from django.core.management import CommandError, call_command
-from safetensors.torch import load_file
 
 from generation.jobs import job_launch
 from generation.models import GeneratedImage, GenerationJob, GenerativeModel, TrainingJob
 from generation.services import model_settings_update
 from generation.training import Params, training_images, training_loop
 from tests.conftest import wait_until, worker_environment
+from tests.generation.models import stored_tensors
 from tests.studies.study_fixtures import make_real_set
 
 TINY = dict(resolution=32, width=8, seed=7)
@@ -31,20 +30,20 @@ def tiny_images(image_set):
     return images
 
 
-def test_the_loss_goes_down_on_a_fixed_batch(phantoms, tmp_path):
+def test_the_loss_goes_down_on_a_fixed_batch(phantoms):
     params = Params(steps=30, batch_size=4, learning_rate=2e-3, checkpoint_every=1000, **TINY)
-    outcome = training_loop(params=params, images=tiny_images(phantoms), folder=tmp_path, until=30)
+    outcome = training_loop(params=params, images=tiny_images(phantoms), checkpoints="run", until=30)
     losses = [loss for _, loss in outcome.losses]
     assert [step for step, _ in outcome.losses] == list(range(1, 31))
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
 
 
-def test_a_run_stopped_after_k_steps_and_resumed_ends_with_the_same_weights(phantoms, tmp_path):
+def test_a_run_stopped_after_k_steps_and_resumed_ends_with_the_same_weights(phantoms):
     images = tiny_images(phantoms)
     params = Params(steps=6, batch_size=3, learning_rate=1e-3, checkpoint_every=2, **TINY)
-    straight = training_loop(params=params, images=images, folder=tmp_path / "straight", until=6)
-    first = training_loop(params=params, images=images, folder=tmp_path / "stopped", until=4)
-    resumed = training_loop(params=params, images=images, folder=tmp_path / "stopped", until=6)
+    straight = training_loop(params=params, images=images, checkpoints="straight", until=6)
+    first = training_loop(params=params, images=images, checkpoints="stopped", until=4)
+    resumed = training_loop(params=params, images=images, checkpoints="stopped", until=6)
     assert (first.step, resumed.resumed_from, resumed.step) == (4, 4, 6)
     expected = dict(straight.unet.named_parameters())
     for name, parameter in resumed.unet.named_parameters():
@@ -52,15 +51,15 @@ def test_a_run_stopped_after_k_steps_and_resumed_ends_with_the_same_weights(phan
     assert resumed.losses == straight.losses
 
 
-def test_a_pause_between_checkpoints_saves_one_and_resumes_exactly(phantoms, tmp_path):
+def test_a_pause_between_checkpoints_saves_one_and_resumes_exactly(phantoms):
     images = tiny_images(phantoms)
     params = Params(steps=5, batch_size=2, learning_rate=1e-3, checkpoint_every=100, **TINY)
-    straight = training_loop(params=params, images=images, folder=tmp_path / "straight", until=5)
+    straight = training_loop(params=params, images=images, checkpoints="straight", until=5)
     paused = training_loop(
-        params=params, images=images, folder=tmp_path / "paused", until=5,
+        params=params, images=images, checkpoints="paused", until=5,
         on_step=lambda step, losses: "pause" if step == 3 else "go",
     )  # fmt: skip
-    resumed = training_loop(params=params, images=images, folder=tmp_path / "paused", until=5)
+    resumed = training_loop(params=params, images=images, checkpoints="paused", until=5)
     assert (paused.stopped, paused.step, resumed.resumed_from) == ("pause", 3, 3)
     expected = dict(straight.unet.named_parameters())
     assert all(torch.equal(p, expected[name]) for name, p in resumed.unet.named_parameters())
@@ -157,10 +156,9 @@ def test_train_wait_trains_in_slices_on_a_real_worker_exactly_and_the_model_gene
     params = Params(
         steps=4, batch_size=2, learning_rate=1e-3, checkpoint_every=3, resolution=32, width=8, seed=3
     )
-    straight = training_loop(
-        params=params, images=tiny_images(image_set), folder=tmp_path / "straight", until=4
-    )
-    trained = load_file(Path(job.model.path) / "unet" / "diffusion_pytorch_model.safetensors")
+    straight = training_loop(params=params, images=tiny_images(image_set), checkpoints="straight", until=4)
+    assert job.model.path == f"training job {job.pk}" and job.model.digest
+    trained = stored_tensors(job.model.digest, "unet/diffusion_pytorch_model.safetensors")
     assert trained.keys() == straight.unet.state_dict().keys()
     assert all(torch.equal(trained[name], tensor) for name, tensor in straight.unet.state_dict().items())
     assert straight.losses == job.loss_history
@@ -181,10 +179,9 @@ def test_a_job_cancelled_mid_run_stops_at_the_next_step_and_keeps_its_checkpoint
 
     from django.db import connection
 
-    from generation.training import checkpoint_latest, job_folder, training_run
+    from generation.training import checkpoint_latest, checkpoint_step, job_folder, training_run
     from generation.training_jobs import training_cancel, training_launch
 
-    settings.TRAINING_ROOT = settings.MEDIA_ROOT.parent / "training"
     image_set = make_real_set(4, name="training phantoms")
     job = training_launch(
         name="cancelled", image_sets=[image_set], steps=500, batch_size=2, learning_rate=1e-3,
@@ -206,7 +203,7 @@ def test_a_job_cancelled_mid_run_stops_at_the_next_step_and_keeps_its_checkpoint
     job.refresh_from_db()
     assert outcome == ["cancel"] and job.status == "cancelled" and job.model is None
     kept = checkpoint_latest(job_folder(job))
-    assert kept is not None and 2 <= int(kept.name.removeprefix("step-")) < 500
+    assert kept is not None and 2 <= checkpoint_step(kept) < 500
     assert not GenerativeModel.objects.filter(name="cancelled").exists()
 
 
@@ -223,8 +220,8 @@ def test_the_admin_shows_a_training_jobs_status_step_and_loss(client, researcher
     assert 'aria-label="Training progress">12 / 40</progress>' in page
 
 
-def test_bf16_mixed_precision_trains_float32_weights_with_a_finite_loss(phantoms, tmp_path):
+def test_bf16_mixed_precision_trains_float32_weights_with_a_finite_loss(phantoms):
     params = Params(steps=2, batch_size=2, learning_rate=1e-3, mixed_precision="bf16", **TINY)
-    outcome = training_loop(params=params, images=tiny_images(phantoms), folder=tmp_path, until=2)
+    outcome = training_loop(params=params, images=tiny_images(phantoms), checkpoints="bf16", until=2)
     assert all(p.dtype == torch.float32 for p in outcome.unet.parameters())
     assert all(0 < loss < 10 for _, loss in outcome.losses)

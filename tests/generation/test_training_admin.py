@@ -8,6 +8,8 @@ import io
 from datetime import timedelta
 
 import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image as PILImage
 from playwright.sync_api import expect
@@ -144,16 +146,13 @@ def test_fine_tune_on_a_text_to_image_model_launches_a_lora_job_with_its_base(ta
 
 
 @pytest.mark.browser
-def test_a_jobs_page_shows_its_previews_newest_first(tabs, researcher, settings, tmp_path):
-    settings.TRAINING_ROOT = tmp_path / "training"
+def test_a_jobs_page_shows_its_previews_newest_first(tabs, researcher):
     job = TrainingJob.objects.create(
         name="previewed", steps=4, batch_size=2, learning_rate=1e-3, resolution=32, status="failed",
         step=4, error="Training failed: the test says so", loss_history=[[1, 1.0], [2, 0.8], [4, 0.6]],
     )  # fmt: skip
-    folder = settings.TRAINING_ROOT / str(job.pk) / "previews"
-    folder.mkdir(parents=True)
     for step, grey in [(2, 60), (4, 200)]:
-        (folder / f"step-{step}.png").write_bytes(png(64, grey))
+        default_storage.save(f"training/{job.pk}/previews/step-{step}.png", ContentFile(png(64, grey)))
     job.previews = [{"step": step, "file": f"{job.pk}/previews/step-{step}.png"} for step in (2, 4)]
     job.save()
     tab = tabs()
@@ -184,24 +183,23 @@ def test_a_jobs_page_shows_its_previews_newest_first(tabs, researcher, settings,
     assert job.status == "cancelled"
 
 
-def test_the_preview_view_serves_only_listed_pngs_inside_the_training_root(
-    client, researcher, settings, tmp_path
-):
-    settings.TRAINING_ROOT = tmp_path / "training"
-    (settings.TRAINING_ROOT / "1").mkdir(parents=True)
-    (settings.TRAINING_ROOT / "1" / "inside.png").write_bytes(png(8, 9))
-    (tmp_path / "outside.png").write_bytes(png(8, 9))
-    job = TrainingJob.objects.create(
-        name="paths", steps=4, batch_size=2, learning_rate=1e-3, resolution=32,
-        previews=[{"step": 1, "file": "1/inside.png"}, {"step": 2, "file": "../outside.png"},
-                  {"step": 3, "file": str(tmp_path / "outside.png")}, {"step": 4, "file": "1/missing.png"}],
-    )  # fmt: skip
+def test_the_preview_view_serves_only_listed_stored_pngs_of_the_job(client, researcher):
+    job = TrainingJob.objects.create(name="paths", steps=4, batch_size=2, learning_rate=1e-3, resolution=32)
+    other = TrainingJob.objects.create(name="other", steps=4, batch_size=2, learning_rate=1e-3, resolution=32)
+    for name in [f"training/{job.pk}/inside.png", f"training/{other.pk}/theirs.png", "outside.png"]:
+        default_storage.save(name, ContentFile(png(8, 9)))
+    job.previews = [
+        {"step": 1, "file": f"{job.pk}/inside.png"}, {"step": 2, "file": f"{job.pk}/../outside.png"},
+        {"step": 3, "file": f"{other.pk}/theirs.png"}, {"step": 4, "file": f"{job.pk}/missing.png"},
+        {"step": 6, "file": "/outside.png"},
+    ]  # fmt: skip
+    job.save()
     url = f"/admin/generation/trainingjob/{job.pk}/previews/{{}}/"
     client.force_login(researcher)
     served = client.get(url.format(1))
     assert served.status_code == 200 and served["Content-Type"] == "image/png"
     assert b"".join(served.streaming_content) == png(8, 9)
-    assert [client.get(url.format(step)).status_code for step in (2, 3, 4, 5)] == [404, 404, 404, 404]
+    assert [client.get(url.format(step)).status_code for step in (2, 3, 4, 5, 6)] == [404] * 5
 
 
 def test_readers_reach_no_training_page_and_a_get_changes_nothing(client, reader, researcher):

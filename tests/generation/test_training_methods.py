@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 from peft.utils import get_peft_model_state_dict
 from PIL import Image as PILImage
@@ -21,10 +22,20 @@ from safetensors.torch import load_file
 from generation.jobs import job_launch
 from generation.models import GeneratedImage, GenerationJob, GenerativeModel, TrainingJob
 from generation.services import model_register, model_settings_update
+from generation.store import LORA_WEIGHTS
 from generation.tiny import build_ddpm, build_lora, build_stable_diffusion
-from generation.training import Params, checkpoint_latest, training_images, training_loop, training_run
-from generation.training_jobs import training_launch, training_prompt
-from tests.conftest import wait_until, worker_environment
+from generation.training import (
+    Params,
+    checkpoint_latest,
+    checkpoint_step,
+    job_folder,
+    training_images,
+    training_loop,
+    training_run,
+)
+from generation.training_jobs import training_cancel, training_launch, training_prompt, training_retry
+from tests.conftest import stored_names, wait_until, worker_environment
+from tests.generation.models import stored_checkpoint, stored_tensors
 from tests.studies.study_fixtures import make_real_set
 
 FINDINGS = ["effusion", "", "cardiomegaly", "effusion"]
@@ -34,14 +45,6 @@ PROMPTS = ["chest x-ray, effusion", "chest x-ray", "chest x-ray, cardiomegaly", 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory) -> Path:
     return build_stable_diffusion(tmp_path_factory.mktemp("bases") / "tiny-sd")
-
-
-@pytest.fixture
-def roots(settings, tmp_path):
-    """TRAINING_ROOT and MODELS_ROOT of this test, for this process and the workers it starts."""
-    settings.TRAINING_ROOT = tmp_path / "training"
-    settings.MODELS_ROOT = tmp_path / "models"
-    return {"TRAINING_ROOT": str(settings.TRAINING_ROOT), "MODELS_ROOT": str(settings.MODELS_ROOT)}
 
 
 def phantoms_with_findings(name: str = "training phantoms"):
@@ -76,34 +79,31 @@ def test_an_images_prompt_is_its_finding_through_the_template():
 @pytest.mark.parametrize(
     "method, options", [("lora", {"rank": 8, "learning_rate": 3e-2}), ("full", {"learning_rate": 5e-3})]
 )
-def test_each_method_learns_a_fixed_batch(db, tiny_sd, tmp_path, method, options):
+def test_each_method_learns_a_fixed_batch(db, tiny_sd, method, options):
     """All four images in every step (a fixed batch): the loss of the last steps is below the first."""
     images, listing = training_images(image_sets=[phantoms_with_findings()], resolution=32)
     prompts = [training_prompt("chest x-ray, {finding}", item["finding"]) for item in listing]
     assert prompts == PROMPTS
     params = fine_tune(method, tiny_sd, steps=12, batch_size=4, seed=7, **options)
-    outcome = training_loop(params=params, images=images, folder=tmp_path, until=12, prompts=prompts)
+    outcome = training_loop(params=params, images=images, checkpoints="run", until=12, prompts=prompts)
     losses = [loss for _, loss in outcome.losses]
     assert len(losses) == 12
     assert sum(losses[-4:]) / 4 < 0.95 * sum(losses[:4]) / 4, losses
 
 
-def test_lora_with_ema_min_snr_and_fp16_resumes_exactly_and_previews_change_nothing(db, tiny_sd, tmp_path):
+def test_lora_with_ema_min_snr_and_fp16_resumes_exactly_and_previews_change_nothing(db, tiny_sd):
     """A straight run drawing previews against one stopped at step 2, resumed, and drawing none."""
     images, _ = training_images(image_sets=[phantoms_with_findings()], resolution=32)
     params = fine_tune("lora", tiny_sd, ema=True, snr_gamma=5.0, mixed_precision="fp16", preview_every=2,
                        checkpoint_every=2)  # fmt: skip
     grids = []
     straight = training_loop(
-        params=params, images=images, folder=tmp_path / "straight", until=4, prompts=PROMPTS,
+        params=params, images=images, checkpoints="straight", until=4, prompts=PROMPTS,
         on_preview=lambda step, picture: grids.append((step, picture)), preview_guidance=1.0,
     )  # fmt: skip
-    first = training_loop(params=params, images=images, folder=tmp_path / "stopped", until=2, prompts=PROMPTS)
-    saved = torch.load(checkpoint_latest(tmp_path / "stopped") / "state.pt", weights_only=True)
-    weights = load_file(checkpoint_latest(tmp_path / "stopped") / "weights.safetensors")
-    resumed = training_loop(
-        params=params, images=images, folder=tmp_path / "stopped", until=4, prompts=PROMPTS
-    )
+    first = training_loop(params=params, images=images, checkpoints="stopped", until=2, prompts=PROMPTS)
+    saved, weights = stored_checkpoint(checkpoint_latest("stopped"))
+    resumed = training_loop(params=params, images=images, checkpoints="stopped", until=4, prompts=PROMPTS)
 
     assert (first.step, resumed.resumed_from, resumed.step) == (2, 2, 4)
     expected = dict(straight.unet.named_parameters())
@@ -129,13 +129,13 @@ def train_args(base: str | None, **changes) -> list[str]:
     return [part for key, value in options.items() if value is not None for part in (key, value)]
 
 
-def run_train(args: list[str], roots: dict) -> subprocess.CompletedProcess:
+def run_train(args: list[str]) -> subprocess.CompletedProcess:
     from django.conf import settings
 
     return subprocess.run(
         [sys.executable, "manage.py", "train", *args, "--wait"],
         cwd=settings.BASE_DIR,
-        env={**worker_environment(), **roots},
+        env=worker_environment(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -156,21 +156,23 @@ def generates_two_images(model: GenerativeModel) -> list[GeneratedImage]:
 
 @pytest.mark.services
 def test_lora_trains_on_a_real_worker_registers_the_base_plus_its_adapter_and_generates(
-    celery_workers, roots, tiny_sd, tmp_path
+    celery_workers, tiny_sd
 ):
-    celery_workers.start(**roots)
+    celery_workers.start()
     image_set = phantoms_with_findings()
     base = register_base(tiny_sd)
     options = {"--ema": "", "--snr-gamma": "5", "--preview-every": "2", "--rank": "2"}
     args = train_args("tiny-sd") + [part for key, value in options.items() for part in (key, value) if part]
-    result = run_train(args, roots)
+    result = run_train(args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[##############################] step 3/3 loss" in result.stdout
     job = TrainingJob.objects.get()
     model = job.model
     assert (job.status, job.base, job.ema, job.snr_gamma, job.rank) == ("done", base, True, 5.0, 2)
-    adapter = Path(model.lora_path)
-    assert model.path == base.path and adapter.name == "pytorch_lora_weights.safetensors"
+    # The base's stored pipeline (nothing stored twice) and the adapter, stored on its own.
+    assert (model.digest, model.path, model.lora_path) == (base.digest, base.path, f"training job {job.pk}")
+    adapter = f"models/{model.lora_digest}"
+    assert stored_names(adapter) == {f"{adapter}/{name}" for name in ("manifest.json", LORA_WEIGHTS)}
     assert model.pipeline_class == "StableDiffusionPipeline"
     # The first version generates as the base did, at the trained size, with the prompts it learned.
     version = model.current_version
@@ -183,7 +185,7 @@ def test_lora_trains_on_a_real_worker_registers_the_base_plus_its_adapter_and_ge
     assert version.size == 32 and sorted(version.prompts) == sorted(set(PROMPTS))
     record = job.record
     assert record["base"]["name"] == "tiny-sd" and record["base"]["version"] == 1
-    assert record["base"]["path"] == base.path and record["peft"]
+    assert record["base"]["path"] == base.path and record["base"]["digest"] == base.digest and record["peft"]
     assert record["prompt_template"] == "chest x-ray, {finding}"
     assert dict(map(tuple, record["prompts"])) == {
         "chest x-ray, effusion": 2, "chest x-ray": 1, "chest x-ray, cardiomegaly": 1
@@ -196,17 +198,15 @@ def test_lora_trains_on_a_real_worker_registers_the_base_plus_its_adapter_and_ge
         {"step": 3, "file": f"{job.pk}/previews/step-3.png"},
     ]
     for preview in job.previews:
-        picture = PILImage.open(Path(roots["TRAINING_ROOT"]) / preview["file"])
+        picture = PILImage.open(default_storage.open(f"training/{preview['file']}"))
         assert (picture.size, picture.mode) == ((64, 64), "L")
-    assert sorted(os.listdir(Path(roots["TRAINING_ROOT"]) / str(job.pk))) == ["previews"]
+    assert stored_names(f"training/{job.pk}") == {f"training/{p['file']}" for p in job.previews}
 
     # The adapter holds the EMA weights of the same run made here, straight.
     images, _ = training_images(image_sets=[image_set], resolution=32)
     params = fine_tune("lora", tiny_sd, steps=3, seed=3, rank=2, ema=True, snr_gamma=5.0, checkpoint_every=2)
-    straight = training_loop(
-        params=params, images=images, folder=tmp_path / "straight", until=3, prompts=PROMPTS
-    )
-    saved = load_file(adapter)
+    straight = training_loop(params=params, images=images, checkpoints="straight", until=3, prompts=PROMPTS)
+    saved = stored_tensors(model.lora_digest, "pytorch_lora_weights.safetensors")
     expected = get_peft_model_state_dict(straight.unet)
     assert len(saved) == len(expected) > 0
     assert all(torch.equal(saved[f"unet.{key}"], tensor) for key, tensor in expected.items())
@@ -217,32 +217,74 @@ def test_lora_trains_on_a_real_worker_registers_the_base_plus_its_adapter_and_ge
 
 @pytest.mark.services
 def test_full_fine_tuning_trains_on_a_real_worker_registers_a_whole_folder_and_generates(
-    celery_workers, roots, tiny_sd
+    celery_workers, tiny_sd
 ):
-    celery_workers.start(**roots)
+    celery_workers.start()
     phantoms_with_findings()
     register_base(tiny_sd)
     args = train_args("tiny-sd", **{"--method": "full", "--name": "cxr-full", "--lr": "1e-2"})
-    result = run_train([*args, "--train-text-encoder", "--mixed-precision", "bf16"], roots)
+    result = run_train([*args, "--train-text-encoder", "--mixed-precision", "bf16"])
     assert result.returncode == 0, result.stdout + result.stderr
     job = TrainingJob.objects.get()
     model = job.model
-    folder = Path(model.path)
     assert (job.status, model.name, model.lora_path) == ("done", "cxr-full", "")
-    assert folder == Path(roots["MODELS_ROOT"]) / f"trained-{job.pk}"
-    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+    assert model.path == f"training job {job.pk}"
+    index = json.loads(default_storage.open(f"models/{model.digest}/model_index.json").read())
+    assert index["_class_name"] == "StableDiffusionPipeline"
     assert "peft" not in job.record and job.record["hyperparameters"]["train_text_encoder"] is True
     files = {"unet": "diffusion_pytorch_model", "text_encoder": "model", "vae": "diffusion_pytorch_model"}
     changed = {}
     for name, file in files.items():
-        trained = load_file(folder / name / f"{file}.safetensors")
+        trained = stored_tensors(model.digest, f"{name}/{file}.safetensors")
         before = load_file(tiny_sd / name / f"{file}.safetensors")
         assert trained.keys() == before.keys()
         changed[name] = any(not torch.equal(tensor, before[key]) for key, tensor in trained.items())
     assert changed == {"unet": True, "text_encoder": True, "vae": False}
-    assert not (Path(roots["TRAINING_ROOT"]) / str(job.pk)).exists()  # no previews asked for
+    assert stored_names(f"training/{job.pk}") == set()  # no previews asked for, no checkpoint left
 
     assert len(generates_two_images(model)) == 2
+
+
+@pytest.mark.services
+def test_a_lora_job_paused_on_one_host_resumes_exactly_on_another_that_shares_only_the_storage(
+    celery_workers, settings, tiny_sd, tmp_path
+):
+    """The base's folder is gone once registered. The job takes one step here (a slice of 0 s: it
+    pauses with a checkpoint in the storage), then a worker with an empty model cache and a
+    temporary folder of its own fetches the base, resumes from the stored checkpoint and ends with
+    the adapter of a run never stopped."""
+    image_set = phantoms_with_findings()
+    folder = shutil.copytree(tiny_sd, tmp_path / "registered-from")
+    base = register_base(folder)
+    shutil.rmtree(folder)
+    job = training_launch(
+        name="moved", image_sets=[image_set], method="lora", base=base, steps=3, batch_size=2,
+        learning_rate=1e-3, resolution=32, seed=3, rank=2, checkpoint_every=2, ema=True,
+    )  # fmt: skip
+    settings.TRAINING_SLICE_SECONDS = 0
+    assert training_run(job_id=job.pk) == "pause"
+    assert checkpoint_step(checkpoint_latest(job_folder(job))) == 1
+    assert training_cancel(job=job) and training_retry(job=TrainingJob.objects.get(pk=job.pk))
+
+    other_host = tmp_path / "other-host"
+    (other_host / "tmp").mkdir(parents=True)
+    celery_workers.start(MODEL_CACHE_DIR=str(other_host / "model-cache"), TMPDIR=str(other_host / "tmp"))
+    done = wait_until(
+        lambda: (j := TrainingJob.objects.get(pk=job.pk)).status in ("done", "failed") and j,
+        timeout=300,
+        what="the job's end on the other host",
+    )
+    assert (done.status, done.error, done.step, done.attempt) == ("done", "", 3, 2)
+    assert done.model.digest == base.digest and (other_host / "model-cache" / base.digest).is_dir()
+    assert checkpoint_latest(job_folder(job)) is None  # removed once the model was stored
+
+    images, _ = training_images(image_sets=[image_set], resolution=32)
+    params = Params.of(done, base_path=str(tiny_sd))
+    straight = training_loop(params=params, images=images, checkpoints="straight", until=3, prompts=PROMPTS)
+    saved = stored_tensors(done.model.lora_digest, LORA_WEIGHTS)
+    expected = get_peft_model_state_dict(straight.unet)
+    assert len(saved) == len(expected) > 0
+    assert all(torch.equal(saved[f"unet.{key}"], tensor) for key, tensor in expected.items())
 
 
 @pytest.fixture(scope="module")
@@ -266,20 +308,22 @@ def base_folders(tiny_sd, tmp_path_factory):
 
 @pytest.fixture
 def bases(db, tiny_sd, base_folders):
-    """The tiny SD, a DDPM, the SD with a LoRA, and (by their configs only) a deeper SD and a huge one."""
+    """The tiny SD, a DDPM, the SD with a LoRA, a deeper SD, all stored; registered before models were
+    stored (a path, no digest), a huge SD and one whose folder is gone; and one missing from the storage."""
     register_base(tiny_sd)
     model_register(name="tiny-ddpm", path=str(base_folders["ddpm"]), steps=2)
     model_register(
         name="tiny-sd-lora", path=str(tiny_sd), lora_path=str(base_folders["lora"]), prompts=["chest x-ray"]
     )
-    for name, folder in [
-        ("deeper", base_folders["deeper"]),
-        ("huge", base_folders["huge"]),
-        ("gone", "/gone"),
-    ]:
+    model_register(name="deeper-sd", path=str(base_folders["deeper"]), prompts=["chest x-ray"])
+    for name, folder in [("huge", base_folders["huge"]), ("gone", "/gone")]:
         GenerativeModel.objects.create(
             name=f"{name}-sd", path=str(folder), pipeline_class="StableDiffusionPipeline", native_size=32
         )
+    GenerativeModel.objects.create(
+        name="unstored-sd", path="/was/here", digest="0" * 64, pipeline_class="StableDiffusionPipeline",
+        native_size=32,
+    )  # fmt: skip
     phantoms_with_findings()
 
 
@@ -323,9 +367,8 @@ def bases(db, tiny_sd, base_folders):
         ("tiny-sd", {"--prompt-template": "x-ray {0}"}, "it holds {0}"),
         ("tiny-sd", {"--preview-every": "-1"}, "previews come every 0 (none) or more steps (got -1)"),
         ("tiny-sd", {"--train-text-encoder": ""}, "only full fine-tuning trains the text encoder"),
-        ("huge-sd", {"--method": "full"}, "too little free disk for the checkpoints: about"),
-        ("huge-sd", {}, "too little free disk for the checkpoints"),
         ("gone-sd", {}, "the base's UNet and VAE configs cannot be read (FileNotFoundError"),
+        ("unstored-sd", {}, "cannot be read from the storage: the model 000000000000 is not in the storage"),
     ],
 )
 def test_train_refuses_what_cannot_run_before_any_work(bases, base, changes, message):
@@ -334,6 +377,17 @@ def test_train_refuses_what_cannot_run_before_any_work(bases, base, changes, mes
     with pytest.raises(CommandError) as refused:
         call_command("train", *args)
     assert message in str(refused.value)
+    assert not TrainingJob.objects.exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_too_little_free_disk_for_the_checkpoints_in_a_folder_storage_is_refused(
+    filesystem_storage, bases, method
+):
+    """The checkpoints and the result go to the storage: a folder's free disk is checked (object
+    storage reports none)."""
+    with pytest.raises(CommandError, match="too little free disk for the checkpoints: about"):
+        call_command("train", *train_args("huge-sd", **{"--method": method}))
     assert not TrainingJob.objects.exists()
 
 
@@ -350,9 +404,7 @@ def test_a_lora_job_on_a_small_base_passes_every_check(bases):
     )
 
 
-def test_an_unconditional_job_with_ema_and_min_snr_previews_and_registers_its_average(
-    transactional_db, roots, tmp_path
-):
+def test_an_unconditional_job_with_ema_and_min_snr_previews_and_registers_its_average(transactional_db):
     image_set = make_real_set(4, name="training phantoms")
     job = training_launch(
         name="cxr-ema", image_sets=[image_set], steps=3, batch_size=2, learning_rate=1e-3, resolution=32,
@@ -363,16 +415,16 @@ def test_an_unconditional_job_with_ema_and_min_snr_previews_and_registers_its_av
     assert (job.status, job.model.pipeline_class, job.record["base"]) == ("done", "DDPMPipeline", None)
     assert [preview["step"] for preview in job.previews] == [2, 3]
     for preview in job.previews:
-        picture = PILImage.open(Path(roots["TRAINING_ROOT"]) / preview["file"])
+        picture = PILImage.open(default_storage.open(f"training/{preview['file']}"))
         assert (picture.size, picture.mode) == ((64, 64), "L")
     params = Params(steps=3, batch_size=2, learning_rate=1e-3, resolution=32, width=8, seed=2, ema=True,
                     snr_gamma=5.0, checkpoint_every=2)  # fmt: skip
     images, _ = training_images(image_sets=[image_set], resolution=32)
-    straight = training_loop(params=params, images=images, folder=tmp_path / "straight", until=3)
-    saved = load_file(Path(job.model.path) / "unet" / "diffusion_pytorch_model.safetensors")
+    straight = training_loop(params=params, images=images, checkpoints="straight", until=3)
+    saved = stored_tensors(job.model.digest, "unet/diffusion_pytorch_model.safetensors")
     assert all(torch.equal(saved[name], tensor) for name, tensor in straight.unet.state_dict().items())
     # The average, not the last weights: without EMA the same run ends elsewhere.
     plain = training_loop(
-        params=replace(params, ema=False), images=images, folder=tmp_path / "plain", until=3
+        params=replace(params, ema=False), images=images, checkpoints="plain", until=3
     )
     assert any(not torch.equal(saved[name], tensor) for name, tensor in plain.unet.state_dict().items())

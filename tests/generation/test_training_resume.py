@@ -1,24 +1,23 @@
 """Training jobs survive their workers: a killed pool process, a killed worker, a retry.
 
-Every way back resumes from the last checkpoint and ends with the weights of a run that
-was never stopped (the same seed, on the CPU).
+Every way back resumes from the last checkpoint, which is in the storage only, and ends
+with the weights of a run that was never stopped (the same seed, on the CPU).
 """
 
 import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from django.utils import timezone
-from safetensors.torch import load_file
 
 from generation.models import TrainingJob
 from generation.training import (
     Params,
     checkpoint_latest,
+    checkpoint_step,
     job_folder,
     training_images,
     training_loop,
@@ -32,23 +31,20 @@ from generation.training_jobs import (
     training_sweep,
 )
 from tests.conftest import wait_until
+from tests.generation.models import stored_tensors
 from tests.studies.study_fixtures import make_real_set
 
 TINY = dict(resolution=32, width=8, seed=5, batch_size=2, learning_rate=1e-3)
 
 
-@pytest.fixture
-def roots(settings, tmp_path):
-    """Checkpoints and trained models under this test's folder, for the test and its workers."""
-    settings.TRAINING_ROOT = tmp_path / "training"
-    settings.MODELS_ROOT = tmp_path / "models"
-    return {"TRAINING_ROOT": str(settings.TRAINING_ROOT), "MODELS_ROOT": str(settings.MODELS_ROOT)}
-
-
-def straight_weights(job: TrainingJob, folder: Path) -> dict[str, torch.Tensor]:
+def straight_weights(job: TrainingJob) -> dict[str, torch.Tensor]:
     images, _ = training_images(image_sets=job.image_sets.all(), resolution=job.resolution)
-    outcome = training_loop(params=Params.of(job), images=images, folder=folder, until=job.steps)
+    outcome = training_loop(params=Params.of(job), images=images, checkpoints="straight", until=job.steps)
     return outcome.unet.state_dict()
+
+
+def trained_weights(job: TrainingJob) -> dict[str, torch.Tensor]:
+    return stored_tensors(job.model.digest, "unet/diffusion_pytorch_model.safetensors")
 
 
 def pool_children(worker: subprocess.Popen) -> list[int]:
@@ -61,29 +57,28 @@ def job_now(job: TrainingJob) -> TrainingJob:
 
 
 @pytest.mark.services
-def test_a_killed_pool_process_and_a_killed_worker_both_resume_exactly(
-    celery_workers, roots, settings, tmp_path
-):
+def test_a_killed_pool_process_and_a_killed_worker_both_resume_exactly(celery_workers, settings, tmp_path):
     """The pool process dies (the out-of-memory killer's way): the broker hands the task on
     at once (late acks, reject on worker lost) and it resumes from the checkpoint. Then the
     whole worker dies: its task is lost until the broker's visibility timeout, so the sweep
-    (beat's job, called here) queues the job again and a new worker finishes it."""
+    (beat's job, called here) queues the job again and a new worker, on a host of its own
+    (another model cache and temporary folder), finishes it from the stored checkpoint."""
     settings.TRAINING_SILENCE_SECONDS = 2
     image_set = make_real_set(4, name="phantoms")
     job = training_launch(name="survivor", image_sets=[image_set], steps=120, checkpoint_every=10, **TINY)
-    _, worker = celery_workers.start(**roots)
+    _, worker = celery_workers.start()
     folder = job_folder(job)
 
     def checkpointed(step: int):
         return lambda: (
-            (latest := checkpoint_latest(folder)) and int(latest.name.removeprefix("step-")) >= step
+            (latest := checkpoint_latest(folder)) and checkpoint_step(latest) >= step
         )
 
     wait_until(checkpointed(20), timeout=180, what="a checkpoint at step 20")
     children = pool_children(worker)
     assert len(children) == 1
     os.kill(children[0], signal.SIGKILL)
-    killed_at = int(checkpoint_latest(folder).name.removeprefix("step-"))
+    killed_at = checkpoint_step(checkpoint_latest(folder))
     wait_until(checkpointed(killed_at + 30), timeout=180, what="checkpoints of the redelivered task")
     assert job_now(job).status == "running" and job_now(job).attempt == 1
 
@@ -96,18 +91,20 @@ def test_a_killed_pool_process_and_a_killed_worker_both_resume_exactly(
     queued = job_now(job)
     assert (queued.status, queued.attempt, queued.resumes) == ("queued", 2, 1)
 
-    celery_workers.start(**roots)
+    other_host = tmp_path / "other-host"
+    (other_host / "tmp").mkdir(parents=True)
+    celery_workers.start(MODEL_CACHE_DIR=str(other_host / "model-cache"), TMPDIR=str(other_host / "tmp"))
     done = wait_until(
         lambda: (j := job_now(job)).status in ("done", "failed") and j, timeout=600, what="the job's end"
     )
     assert (done.status, done.error, done.step) == ("done", "", 120)
-    trained = load_file(Path(done.model.path) / "unet" / "diffusion_pytorch_model.safetensors")
-    expected = straight_weights(done, tmp_path / "straight")
+    trained = trained_weights(done)
+    expected = straight_weights(done)
     assert trained.keys() == expected.keys()
     assert all(torch.equal(trained[name], tensor) for name, tensor in expected.items())
 
 
-def test_the_sweep_leaves_reporting_jobs_alone_and_gives_up_after_its_resumes(db, roots, settings):
+def test_the_sweep_leaves_reporting_jobs_alone_and_gives_up_after_its_resumes(db, settings):
     settings.TRAINING_SILENCE_SECONDS = 60
     image_set = make_real_set(2, name="phantoms")
     fresh = training_launch(name="fresh", image_sets=[image_set], steps=10, checkpoint_every=5, **TINY)
@@ -122,9 +119,7 @@ def test_the_sweep_leaves_reporting_jobs_alone_and_gives_up_after_its_resumes(db
     assert "Retry resumes it from its last checkpoint" in gave_up.error
 
 
-def test_a_retried_job_resumes_exactly_and_the_earlier_attempts_task_stands_down(
-    transactional_db, roots, settings, tmp_path
-):
+def test_a_retried_job_resumes_exactly_and_the_earlier_attempts_task_stands_down(transactional_db, settings):
     settings.TRAINING_SLICE_SECONDS = 0  # the task pauses after one step, with a checkpoint
     image_set = make_real_set(4, name="phantoms")
     job = training_launch(name="retried", image_sets=[image_set], steps=6, checkpoint_every=4, **TINY)
@@ -140,7 +135,7 @@ def test_a_retried_job_resumes_exactly_and_the_earlier_attempts_task_stands_down
     assert training_run(job_id=job.pk, attempt=2) == "done"
     done = job_now(job)
     assert done.status == "done" and done.model.name == "retried" and done.step == 6
-    trained = load_file(Path(done.model.path) / "unet" / "diffusion_pytorch_model.safetensors")
-    expected = straight_weights(done, tmp_path / "straight")
+    trained = trained_weights(done)
+    expected = straight_weights(done)
     assert all(torch.equal(trained[name], tensor) for name, tensor in expected.items())
     assert not training_retry(job=done)  # a finished job is not trained again
