@@ -192,6 +192,11 @@ if CELERY_BROKER_VISIBILITY_TIMEOUT <= CELERY_TASK_TIME_LIMIT:
 CELERY_TASK_ALWAYS_EAGER = False
 # How often Celery beat runs the periodic work (stuck jobs, preparing studies).
 CELERY_BEAT_SECONDS = env_int("CELERY_BEAT_SECONDS", 60)
+# A queued or running generation job that no worker has touched for this long, while no task
+# waits in the `gpu` queue, has lost its chunks (a broker that lost its messages, a worker that
+# died with its chunk): beat's sweep sends its missing chunks again. Workers report at least
+# every 10 s while they work on a job, so this need only be longer than loading a pipeline.
+GENERATION_SILENCE_SECONDS = env_int("GENERATION_SILENCE_SECONDS", 5 * 60)
 
 # --- Security -----------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
