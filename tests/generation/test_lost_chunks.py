@@ -1,12 +1,15 @@
 """Chunks that the broker loses are sent again by beat's sweep; a healthy long batch is not."""
 
+import os
+import subprocess
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
 from config.celery import app as celery_app
-from generation.jobs import MAX_RESENDS, chunk_run, job_launch, jobs_sweep, waiting_tasks
+from generation.jobs import MAX_RESENDS, chunk_run, job_launch, job_retry, jobs_sweep, waiting_tasks
 from generation.models import GeneratedImage, GenerationJob
 from generation.services import model_register
 from generation.tasks import generate_chunk
@@ -131,3 +134,61 @@ def test_a_healthy_batch_longer_than_the_silence_period_is_not_sent_again(celery
     assert (job.finished - job.started).total_seconds() > 2 * int(FAST_SWEEP["GENERATION_SILENCE_SECONDS"])
     assert (job.attempt, job.resends, job.deliveries) == (1, 0, {"0": 1})
     assert seeds_of(model.current_version) == [0, 1, 2, 3]
+
+
+# --- A full disk while a batch is written ------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of 8 MiB (a tmpfs; mounting one needs root, as CI runs)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("needs to mount a small tmpfs (root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+PNG_END = b"IEND\xaeB`\x82"  # the last chunk of a whole PNG file
+
+
+def files_under(folder: Path) -> dict[Path, int]:
+    return {path: path.stat().st_size for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.django_db
+def test_a_disk_that_fills_during_a_batch_keeps_no_file_of_it_and_fails_the_job_plainly(settings, small_disk):
+    settings.MEDIA_ROOT = small_disk / "media"
+    model = model_register(name="full", path=str(built("ddpm")), steps=2, batch_size=4)
+    first = job_launch(version=model.current_version, count=1)
+    chunk_run(job_id=first.pk, seeds=[0])
+    ((kept, size),) = files_under(small_disk).items()
+    # Room for one and a half images: the second image of the next batch finds the disk full.
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (free - size * 3 // 2))
+
+    job = job_launch(version=model.current_version, count=4)
+    chunk_run(job_id=job.pk, seeds=[1, 2, 3, 4])
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error == (
+        "Could not store the images of seeds 1..4: the media storage is full. No file of this batch "
+        "was kept; free space (or fix the storage), then Retry the job to make its missing images."
+    )
+    assert seeds_of(model.current_version) == [0]
+    left = [path for path in files_under(small_disk) if path not in (kept, filler)]
+    # The first image, written whole, was deleted; what may be left is the one cut short by
+    # the full disk, which a storage that writes under a temporary name never leaves.
+    assert len(left) <= 1 and not any(path.read_bytes().endswith(PNG_END) for path in left), left
+
+    filler.unlink()
+    assert job_retry(job=job)
+    job.refresh_from_db()
+    chunk_run(job_id=job.pk, seeds=[1, 2, 3, 4], attempt=job.attempt)
+    job.refresh_from_db()
+    assert job.status == "done"
+    assert seeds_of(model.current_version) == [0, 1, 2, 3, 4]
