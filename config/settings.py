@@ -195,7 +195,8 @@ CELERY_BEAT_SECONDS = env_int("CELERY_BEAT_SECONDS", 60)
 # A queued or running generation job that no worker has touched for this long, while no task
 # waits in the `gpu` queue, has lost its chunks (a broker that lost its messages, a worker that
 # died with its chunk): beat's sweep sends its missing chunks again. Workers report at least
-# every 10 s while they work on a job, so this need only be longer than loading a pipeline.
+# every 10 s while they work on a job (loading a pipeline too), so this need only be longer
+# than one denoising step, or the decoding and writing of a batch.
 GENERATION_SILENCE_SECONDS = env_int("GENERATION_SILENCE_SECONDS", 5 * 60)
 
 # --- Security -----------------------------------------------------------------
