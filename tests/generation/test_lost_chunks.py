@@ -1,6 +1,7 @@
 """Chunks that the broker loses are sent again by beat's sweep; a healthy long batch is not."""
 
 import os
+import socket
 import subprocess
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from generation.jobs import MAX_RESENDS, chunk_run, job_launch, job_retry, jobs_
 from generation.models import GeneratedImage, GenerationJob
 from generation.services import model_register
 from generation.tasks import generate_chunk
-from tests.conftest import wait_until
+from tests.conftest import use_broker, wait_until
 from tests.generation.models import built
 
 # Short enough for a test; the sweep runs every second.
@@ -118,6 +119,68 @@ def test_a_job_whose_queued_chunks_vanish_from_the_broker_ends_with_exactly_its_
     assert GenerationJob.objects.get(pk=job.pk).status == "done"
     assert seeds_of(model.current_version) == list(range(count))
     assert GenerationJob.objects.get(pk=job.pk).attempt >= 2
+
+
+class OwnRedis:
+    """A Redis server of this test's own, that keeps nothing on disk (as Redis is often
+    deployed), so that restarting it loses its queues for real."""
+
+    def __init__(self, folder: Path):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.folder = folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self):
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(self.answers, timeout=10, what="Redis's start")
+
+    def answers(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis(tmp_path, settings):
+    """Ask for it before `celery_workers`: the workers stop before the server does."""
+    server = OwnRedis(tmp_path)
+    settings.CELERY_BROKER_URL = server.url
+    use_broker(server.url)
+    try:
+        yield server
+    finally:
+        use_broker(None)
+        server.stop()
+
+
+@pytest.mark.services
+def test_a_redis_restart_that_loses_the_queue_is_survived(own_redis, celery_workers):
+    """The fault as measured: Redis without an append-only file restarted mid-job."""
+    celery_workers.start(beat=True, **FAST_SWEEP)
+    model = model_register(name="restart", path=str(built("ddpm")), steps=30, batch_size=1)
+    count = 5
+    job = job_launch(version=model.current_version, count=count)
+    wait_until(lambda: GeneratedImage.objects.exists(), timeout=120, what="a first image")
+    own_redis.stop()
+    own_redis.start()
+    wait_until(lambda: ended(job), timeout=180, what="the job's end")
+    job.refresh_from_db()
+    assert (job.status, job.resends) == ("done", 0)
+    assert job.attempt >= 2  # the sweep sent the lost chunks again
+    assert seeds_of(model.current_version) == list(range(count))
 
 
 @pytest.mark.services
