@@ -198,6 +198,9 @@ CELERY_BEAT_SECONDS = env_int("CELERY_BEAT_SECONDS", 60)
 # every 10 s while they work on a job (loading a pipeline too), so this need only be longer
 # than one denoising step, or the decoding and writing of a batch.
 GENERATION_SILENCE_SECONDS = env_int("GENERATION_SILENCE_SECONDS", 5 * 60)
+if GENERATION_SILENCE_SECONDS < 4:
+    # Workers report every quarter of it: shorter would be an UPDATE every step.
+    raise ImproperlyConfigured("GENERATION_SILENCE_SECONDS must be at least 4.")
 
 # --- Security -----------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
