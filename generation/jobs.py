@@ -23,12 +23,12 @@ from django.db.models import F, Max
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from config.celery import app as celery_app
 from studies.images import files_delete, image_build
 from studies.imaging.decode import Decoded
 from studies.models import Image
 
 from .models import GeneratedImage, GenerationJob, ModelVersion
+from .operations import queue_lengths
 from .pipelines import PROMPT_LENGTH_SENSITIVE
 from .signals import job_done
 
@@ -230,19 +230,9 @@ def _beating(job_id: int):
         thread.join()
 
 
-def waiting_tasks(queue: str = GPU_QUEUE) -> int | None:
-    """Tasks waiting in this queue, not yet handed to a worker; None if the broker does not say.
-
-    Declaring the queue as the workers do (kombu's way to ask for its length) works alike on
-    Redis, RabbitMQ and the filesystem broker; a task a worker holds is not counted.
-    """
-    try:
-        with celery_app.connection_for_read() as conn:
-            declared = celery_app.amqp.queues[queue].bind(conn.default_channel).queue_declare()
-            return declared.message_count
-    except Exception:  # the broker away: the sweep waits for its next run
-        logger.warning("Could not count the tasks waiting in the %s queue", queue, exc_info=True)
-        return None
+def waiting_tasks() -> int | None:
+    """Tasks waiting in the `gpu` queue, not yet handed to a worker; None if the broker does not say."""
+    return queue_lengths()[GPU_QUEUE]
 
 
 def silent_jobs(seconds: float):
