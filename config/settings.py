@@ -194,6 +194,15 @@ if CELERY_BROKER_VISIBILITY_TIMEOUT <= CELERY_TASK_TIME_LIMIT:
 CELERY_TASK_ALWAYS_EAGER = False
 # How often Celery beat runs the periodic work (stuck jobs, preparing studies).
 CELERY_BEAT_SECONDS = env_int("CELERY_BEAT_SECONDS", 60)
+# A queued or running generation job that no worker has touched for this long, while no task
+# waits in the `gpu` queue, has lost its chunks (a broker that lost its messages, a worker that
+# died with its chunk): beat's sweep sends its missing chunks again. Workers report at least
+# every 10 s while they work on a job (loading a pipeline too), so this need only be longer
+# than one denoising step, or the decoding and writing of a batch.
+GENERATION_SILENCE_SECONDS = env_int("GENERATION_SILENCE_SECONDS", 5 * 60)
+if GENERATION_SILENCE_SECONDS < 4:
+    # Workers report every quarter of it: shorter would be an UPDATE every step.
+    raise ImproperlyConfigured("GENERATION_SILENCE_SECONDS must be at least 4.")
 
 # --- Cache and sessions -----------------------------------------------------------
 # CACHE_URL (redis://host:6379/1): one cache shared by every web server, and sessions read

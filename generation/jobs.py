@@ -3,19 +3,24 @@
 A job's images are seeds base_seed .. base_seed + count - 1 of one model version.
 Each chunk task makes the seeds of its chunk that have no image yet, so a chunk
 delivered twice, or a job retried, never duplicates or loses an image; the
-database's uniqueness on (version, seed) settles any race.
+database's uniqueness on (version, seed) settles any race. Chunks that the broker
+loses are sent again by beat's sweep (`jobs_sweep`).
 """
 
+import errno
 import hashlib
 import logging
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Max
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from studies.images import files_delete, image_build
@@ -23,6 +28,7 @@ from studies.imaging.decode import Decoded
 from studies.models import Image
 
 from .models import GeneratedImage, GenerationJob, ModelVersion
+from .operations import queue_lengths
 from .pipelines import PROMPT_LENGTH_SENSITIVE
 from .signals import job_done
 
@@ -62,7 +68,7 @@ def job_launch(*, version: ModelVersion, count: int, base_seed: int | None = Non
     if base_seed is None:
         base_seed = next_free_seed(version)
     job = GenerationJob.objects.create(
-        version=version, count=count, base_seed=base_seed, is_preview=is_preview
+        version=version, count=count, base_seed=base_seed, is_preview=is_preview, heartbeat=timezone.now()
     )
     _enqueue_missing(job)
     return job
@@ -113,7 +119,13 @@ def job_retry(*, job: GenerationJob) -> bool:
     stand down instead of making the same images a second time.
     """
     updated = GenerationJob.objects.filter(pk=job.pk, status__in=[Status.FAILED, Status.CANCELLED]).update(
-        status=Status.QUEUED, error="", finished=None, attempt=F("attempt") + 1, deliveries={}, heartbeat=None
+        status=Status.QUEUED,
+        error="",
+        finished=None,
+        attempt=F("attempt") + 1,
+        deliveries={},
+        resends=0,
+        heartbeat=timezone.now(),
     )
     if updated:
         job.refresh_from_db()
@@ -159,31 +171,130 @@ def _still_wanted(job_id: int, attempt: int) -> bool:
     ).exists()
 
 
-def _beat(job_id: int) -> None:
-    GenerationJob.objects.filter(pk=job_id).update(heartbeat=timezone.now())
+def _beat(job_id: int, *, progress: bool = False) -> None:
+    """A worker's sign of life on a job: one UPDATE. New images also end a run of resends."""
+    fields = {"heartbeat": timezone.now()}
+    if progress:
+        fields["resends"] = 0
+    GenerationJob.objects.filter(pk=job_id).update(**fields)
+
+
+# A worker working on a job reports at most this often (during a batch: between its steps).
+BEAT_SECONDS = 10.0
+# The sweep sends a job's missing chunks again this many times in a row without a new
+# image; then it fails the job.
+MAX_RESENDS = 3
+GPU_QUEUE = "gpu"
+
+
+def _beat_interval() -> float:
+    return min(BEAT_SECONDS, settings.GENERATION_SILENCE_SECONDS / 4)
+
+
+def _beats_every(job_id: int):
+    """A function to call as often as convenient (each denoising step): it reports at most
+    every BEAT_SECONDS (a quarter of the silence if that is shorter), so a healthy long
+    batch is never taken for a lost one."""
+    seconds = _beat_interval()
+    last = time.monotonic()
+
+    def beat():
+        nonlocal last
+        if time.monotonic() - last >= seconds:
+            _beat(job_id)
+            last = time.monotonic()
+
+    return beat
+
+
+@contextmanager
+def _beating(job_id: int):
+    """Report from a thread while the block runs: loading a pipeline (minutes for a large one
+    on shared storage) has no steps to report between. A load that hangs is ended by the
+    hard time limit, thread and all."""
+    stop = threading.Event()
+
+    def run():
+        try:
+            while not stop.wait(_beat_interval()):
+                _beat(job_id)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    thread = threading.Thread(target=run, name=f"beat-job-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def waiting_tasks() -> int | None:
+    """Tasks waiting in the `gpu` queue, not yet handed to a worker; None if the broker does not say."""
+    return queue_lengths()[GPU_QUEUE]
+
+
+def silent_jobs(seconds: float):
+    """Queued or running jobs with no sign of life (queued, or worked on) for `seconds`."""
+    limit = timezone.now() - timedelta(seconds=seconds)
+    return GenerationJob.objects.annotate(last_sign=Coalesce("heartbeat", "created")).filter(
+        status__in=[Status.QUEUED, Status.RUNNING], last_sign__lt=limit
+    )
 
 
 def jobs_sweep() -> int:
-    """Fail running jobs that no worker has touched for longer than any task may run.
+    """Send again the missing chunks of jobs that have lost them; fail a job that keeps losing them.
 
-    A chunk can vanish without a word: killed at the hard time limit, or lost with
-    a killed worker on the embedded filesystem broker (which has no redelivery).
-    Such a job would show 'running' forever; failed, it can be retried, which makes
-    only its missing images. Run by Celery beat (config/celery.py), never by a page.
+    A chunk can vanish without a word: a broker that keeps nothing on disk restarted (Redis
+    without AOF), a queue purged, a worker killed with its chunk on the filesystem broker (no
+    redelivery) or on Redis (redelivered only after the visibility timeout), a chunk killed at
+    the hard time limit. Such a job would show 'queued' or 'running' forever.
+
+    Lost, not waiting: a job counts as lost when no worker has touched it (and it was not
+    queued) for GENERATION_SILENCE_SECONDS *and* no task waits in the `gpu` queue. Workers
+    report every BEAT_SECONDS while they work on a job, between denoising steps too, so a
+    healthy long batch is never taken for lost. A job waiting behind others' chunks on a busy
+    queue is not lost either: the queue is not empty; if its own chunks were lost meanwhile,
+    they are sent once the queue has drained, where they would have been by then anyway.
+    The one race left, a worker that took the job's last chunk in the moment between the
+    count and the update below and has not reported yet, costs duplicate work, never an
+    image twice: chunks are idempotent per seed.
+
+    A resend raises the job's attempt, so that the lost chunks, should the broker hand them
+    out after all (a Redis visibility timeout), stand down; a chunk still running under the
+    old attempt stops before its next batch. After MAX_RESENDS resends in a row without a new
+    image the job fails (a chunk killed every time at the hard limit, a broker that keeps
+    losing them), and Retry makes its missing images. A chunk that kills its worker is failed
+    sooner, by its count of deliveries (MAX_DELIVERIES). Run by Celery beat
+    (config/celery.py), never by a page.
     """
-    limit = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
-    stale = GenerationJob.objects.filter(status=Status.RUNNING, heartbeat__lt=limit)
-    failed = 0
-    for job in stale:
-        missing = job.count - job.images().count()
-        failed += GenerationJob.objects.filter(pk=job.pk, status=Status.RUNNING, heartbeat__lt=limit).update(
-            status=Status.FAILED,
-            finished=timezone.now(),
-            error=f"No worker has worked on this job for over {settings.CELERY_TASK_TIME_LIMIT + 60} s "
-            f"and {missing} image(s) are missing (a task hit the hard time limit or died with its worker). "
-            "Retry it to make them.",
-        )
-    return failed
+    silence = settings.GENERATION_SILENCE_SECONDS
+    if not silent_jobs(silence).exists():
+        return 0
+    if waiting_tasks() != 0:
+        return 0  # chunks wait in the queue (maybe this job's), or the broker did not say
+    swept = 0
+    for job in silent_jobs(silence):
+        stale = silent_jobs(silence).filter(pk=job.pk, attempt=job.attempt)
+        if job.resends >= MAX_RESENDS:
+            missing = job.count - job.images().count()
+            swept += stale.update(
+                status=Status.FAILED,
+                finished=timezone.now(),
+                error=f"No worker has worked on this job for over {silence} s, with no task waiting "
+                f"in the {GPU_QUEUE} queue, after its missing chunks were sent again {job.resends} times; "
+                f"{missing} image(s) are missing (a chunk that hits the hard time limit every time, "
+                "or a broker that loses its messages?). Retry it to make them.",
+            )
+            continue
+        with transaction.atomic():
+            if stale.update(attempt=F("attempt") + 1, resends=F("resends") + 1, heartbeat=timezone.now()):
+                swept += 1
+                job.refresh_from_db()
+                logger.warning("Job %s lost its chunks: sent again (attempt %s)", job.pk, job.attempt)
+                _enqueue_missing(job)
+    return swept
 
 
 def _count_delivery(job_id: int, first_seed: int) -> int:
@@ -216,8 +327,8 @@ def chunk_run(*, job_id: int, seeds: list[int], attempt: int = 1) -> None:
         if _count_delivery(job_id, seeds[0]) > MAX_DELIVERIES:
             _fail(
                 job_id,
-                f"The chunk from seed {seeds[0]} ended its worker {MAX_DELIVERIES} times "
-                "(out of host memory, or a crash in the GPU stack?); see the worker's log.",
+                f"The chunk from seed {seeds[0]} ended its worker {MAX_DELIVERIES} times (out of host "
+                "memory, a crash in the GPU stack, the hard time limit?); see the worker's log.",
             )
             return
         now = timezone.now()
@@ -226,26 +337,33 @@ def chunk_run(*, job_id: int, seeds: list[int], attempt: int = 1) -> None:
         _beat(job_id)
         version = job.version
         todo = missing_seeds(version, seeds)
-        loaded = pipelines.pipeline_for(version) if todo else None
+        with _beating(job_id):
+            loaded = pipelines.pipeline_for(version) if todo else None
+        on_step = _beats_every(job_id)
         batch = len(todo)
         while todo:
             if not _still_wanted(job_id, attempt):
                 return
             part = todo[:batch]
             try:
-                made, problem = _make(loaded, version, part)
+                made, problem = _make(loaded, version, part, on_step)
             except pipelines.OutOfMemory:
                 if batch == 1:
                     raise
                 batch = max(1, batch // 2)  # halve and try again, down to one image
                 continue
             _record_all(job, version, made, loaded)  # the good images of a batch are kept
-            _beat(job_id)
+            _beat(job_id, progress=bool(made))
             if problem:
                 raise RuntimeError(problem)
             todo = todo[len(part) :]
     except SoftTimeLimitExceeded:
         _fail(job_id, f"A chunk ran past the time limit ({settings.CELERY_TASK_SOFT_TIME_LIMIT} s).")
+        return
+    except NotStored as exc:
+        # Not the chunk's fault, and no traceback for the researcher: the worker's log has it.
+        logger.error("Job %s: %s", job_id, exc, exc_info=exc.__cause__)
+        _fail(job_id, str(exc))
         return
     except Exception as exc:
         _fail(job_id, f"Generation failed on seeds {seeds[0]}..{seeds[-1]}: {type(exc).__name__}: {exc}")
@@ -264,16 +382,17 @@ class Made:
     remakes: list
 
 
-def _make(loaded, version: ModelVersion, seeds: list[int]) -> tuple[list[Made], str]:
+def _make(loaded, version: ModelVersion, seeds: list[int], on_step=None) -> tuple[list[Made], str]:
     """Generate a batch; an output that is not an image is remade with another seed.
 
-    Returns the images made and, if one seed never gave an image, why.
+    Returns the images made and, if one seed never gave an image, why. `on_step` is
+    called before each denoising step.
     """
     from . import pipelines
 
     prompts = [prompt_for(version, seed) for seed in seeds]
     start = time.perf_counter()
-    images = pipelines.generate(loaded, version, seeds=seeds, prompts=prompts)
+    images = pipelines.generate(loaded, version, seeds=seeds, prompts=prompts, on_step=on_step)
     per_image = (time.perf_counter() - start) / len(seeds)
     made = []
     for seed, prompt, image in zip(seeds, prompts, images, strict=True):
@@ -284,7 +403,7 @@ def _make(loaded, version: ModelVersion, seeds: list[int]) -> tuple[list[Made], 
             remakes.append({"seed": used, "problem": problem})
             used = seed + REMAKE_OFFSET * len(remakes)
             start = time.perf_counter()
-            image = pipelines.generate(loaded, version, seeds=[used], prompts=[prompt])[0]
+            image = pipelines.generate(loaded, version, seeds=[used], prompts=[prompt], on_step=on_step)[0]
             seconds += time.perf_counter() - start
         made.append(Made(seed, used, prompt, pipelines.to_grey(image), image.shape, seconds, remakes))
     return made, ""
@@ -300,15 +419,26 @@ def _not_an_image(image) -> str | None:
     return None
 
 
+class NotStored(Exception):
+    """A batch's files could not be written (a full disk, a storage that refuses); none is left."""
+
+
 def _record_all(job: GenerationJob, version: ModelVersion, made: list[Made], loaded) -> None:
     """Write the batch's files first, then its rows in one short transaction.
 
     Normalising and writing files happen outside the transaction (SQLite would hold
-    its write lock meanwhile); the files of any row that is not kept are deleted.
+    its write lock meanwhile). Whatever fails, a file written but not kept (its row not
+    saved, or a later file of the batch not written) is deleted: a batch leaves its
+    images complete, or nothing.
     """
-    built = [(_build(version, m), m) for m in made]
+    built = []
     kept = set()
     try:
+        try:
+            for m in made:
+                built.append((_build(version, m), m))
+        except OSError as exc:
+            raise NotStored(_storage_problem(made, exc)) from exc
         with transaction.atomic():
             for image, m in built:
                 try:
@@ -328,13 +458,27 @@ def _record_all(job: GenerationJob, version: ModelVersion, made: list[Made], loa
                     kept.add(id(image))
                 except IntegrityError:
                     pass  # another delivery of this chunk recorded this seed first
-    except Exception:
+    except BaseException:
         kept.clear()
         raise
     finally:
         for image, _ in built:
             if id(image) not in kept:
                 files_delete(image)
+
+
+def _storage_problem(made: list[Made], exc: OSError) -> str:
+    seeds = f"{made[0].seed}..{made[-1].seed}"
+    if exc.errno == errno.ENOSPC:
+        why = "the media storage is full"
+    elif exc.errno in (errno.EFBIG, errno.EDQUOT):
+        why = "the media storage refused the file's size (a quota or a file size limit)"
+    else:
+        why = f"the media storage failed ({exc.strerror or type(exc).__name__})"
+    return (
+        f"Could not store the images of seeds {seeds}: {why}. No file of this batch was kept; "
+        "free space (or fix the storage), then Retry the job to make its missing images."
+    )
 
 
 def _build(version: ModelVersion, made: Made):

@@ -160,9 +160,14 @@ class GenerationJob(models.Model):
         default=1, help_text="Raised by each retry; older tasks stand down."
     )
     deliveries = models.JSONField(default=dict, blank=True, help_text="Times each chunk reached a worker.")
+    resends = models.PositiveIntegerField(
+        default=0, help_text="Times in a row the sweep sent the missing chunks again (lost by the broker)."
+    )
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
-    heartbeat = models.DateTimeField(null=True, blank=True, help_text="Last sign of a worker on this job.")
+    heartbeat = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life: its chunks queued, or a worker working on it."
+    )
     finished = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -4,6 +4,7 @@ torch and diffusers are imported inside functions: the prefork parent of a
 Celery worker never imports them, so CUDA is initialised only in its children.
 """
 
+import functools
 import gc
 import logging
 import os
@@ -226,28 +227,31 @@ def fresh_scheduler(loaded: Loaded, name: str):
     return getattr(diffusers, cls_name).from_config(loaded.scheduler_config, **extra)
 
 
-def generate(loaded: Loaded, version, *, seeds: list[int], prompts: list[str]) -> np.ndarray:
+def generate(loaded: Loaded, version, *, seeds: list[int], prompts: list[str], on_step=None) -> np.ndarray:
     """Images for these seeds, float32 (n, H, W, C) in [0, 1].
 
     One CPU generator per image: image k depends on its own seed only, so it is
-    the same whatever batch it is made in and however a job is split.
+    the same whatever batch it is made in and however a job is split. `on_step`, if
+    given, is called before each denoising step (a worker's sign of life on a long batch).
     """
     if type(loaded.pipe).__name__ in PROMPT_LENGTH_SENSITIVE and len(set(prompts)) > 1:
         out = [None] * len(seeds)
         for prompt in dict.fromkeys(prompts):
             where = [i for i, p in enumerate(prompts) if p == prompt]
-            images = _call(loaded, version, [seeds[i] for i in where], [prompt] * len(where))
+            images = _call(loaded, version, [seeds[i] for i in where], [prompt] * len(where), on_step)
             for i, image in zip(where, images, strict=True):
                 out[i] = image
         return np.stack(out)
-    return _call(loaded, version, seeds, prompts)
+    return _call(loaded, version, seeds, prompts, on_step)
 
 
-def _call(loaded: Loaded, version, seeds: list[int], prompts: list[str]) -> np.ndarray:
+def _call(loaded: Loaded, version, seeds: list[int], prompts: list[str], on_step=None) -> np.ndarray:
     import torch
 
     pipe = loaded.pipe
     pipe.scheduler = fresh_scheduler(loaded, version.scheduler)
+    if on_step is not None:
+        _call_before_each_step(pipe.scheduler, on_step)
     cls = type(pipe).__name__
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
     # Tensors, converted here in float32: pipelines that convert to numpy themselves fail in bf16.
@@ -289,6 +293,20 @@ def _call(loaded: Loaded, version, seeds: list[int], prompts: list[str]) -> np.n
     if isinstance(images, torch.Tensor):  # (n, C, H, W), in the pipeline's dtype
         return images.float().permute(0, 2, 3, 1).cpu().numpy()
     return np.asarray(images, dtype=np.float32)  # a pipeline that makes numpy whatever is asked (LDM)
+
+
+def _call_before_each_step(scheduler, on_step) -> None:
+    """Every pipeline's loop calls its scheduler's `step` once per step (not every pipeline
+    takes a step callback). `wraps` keeps the signature that pipelines inspect to decide
+    whether to pass `generator` and `eta`."""
+    step = scheduler.step
+
+    @functools.wraps(step)
+    def stepping(*args, **kwargs):
+        on_step()
+        return step(*args, **kwargs)
+
+    scheduler.step = stepping
 
 
 def cuda_context_lost(exc: BaseException) -> bool:

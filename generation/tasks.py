@@ -22,8 +22,8 @@ def generate_chunk(job_id: int, seeds: list[int], attempt: int = 1) -> None:
 
 @shared_task
 def sweep_jobs() -> int:
-    """Fail the generation jobs and resume the training jobs that no worker works on any more
-    (run by beat; needs no GPU)."""
+    """Send again the lost chunks of generation jobs (failing a job that keeps losing them) and
+    resume the training jobs that no worker works on any more (run by beat; needs no GPU)."""
     from .training_jobs import training_sweep  # it queues `train`, from this module
 
     return jobs_sweep() + training_sweep()

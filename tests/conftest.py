@@ -208,6 +208,39 @@ def celery_workers(transactional_db, tmp_path):
         workers.stop_all()
 
 
+# RabbitMQ for the tests that run on both brokers; TEST_RABBITMQ_URL names a vhost of one's own.
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def use_broker(url: str | None) -> None:
+    """Point this process's Celery app (sending, purging, pinging) at another broker; None: back
+    to its own. (Celery prefers the environment's CELERY_BROKER_URL to `broker_url`, not to these.)"""
+    celery_app.conf.broker_read_url = celery_app.conf.broker_write_url = url
+    # kombu keeps its pools per URL: drop this app's references, close nothing.
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+    del celery_app.control.mailbox.producer_pool
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request, settings):
+    """Each broker in turn, for this process and the workers it starts (ask for it before
+    `celery_workers`). RabbitMQ is skipped where nothing answers on its port."""
+    if request.param == "rabbitmq":
+        try:
+            socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+        except OSError:
+            pytest.skip("needs RabbitMQ on 127.0.0.1:5672")
+        settings.CELERY_BROKER_URL = RABBITMQ_URL  # what worker_environment() passes on
+        use_broker(RABBITMQ_URL)
+        try:
+            yield RABBITMQ_URL
+        finally:
+            use_broker(None)
+    else:
+        yield settings.CELERY_BROKER_URL
+
+
 @pytest.fixture
 def celery_worker_process(celery_workers):
     """One real worker consuming both queues; its hostname."""

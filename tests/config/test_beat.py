@@ -7,6 +7,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from config.celery import app as celery_app
+from generation.jobs import MAX_RESENDS
 from generation.models import GenerationJob
 from studies.models import ImageSet, Study, StudyModel
 from tests.conftest import wait_until
@@ -30,10 +31,15 @@ def test_beat_fails_a_stuck_job_and_moves_on_a_study_whose_message_was_lost(cele
     )
     study.real_sets.add(ImageSet.objects.get(name="fixture set"))
     StudyModel.objects.create(study=study, model=version.model, version=version, count=2)
-    # A job whose chunk died with its worker: untouched for longer than any task may run.
-    untouched = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 120)
+    # A job whose chunk died with its worker, sent again as often as the sweep does, untouched since.
+    untouched = timezone.now() - timedelta(seconds=settings.GENERATION_SILENCE_SECONDS + 120)
     stuck = GenerationJob.objects.create(
-        version=version, count=1, base_seed=100, status=GenerationJob.Status.RUNNING, heartbeat=untouched
+        version=version,
+        count=1,
+        base_seed=100,
+        status=GenerationJob.Status.RUNNING,
+        heartbeat=untouched,
+        resends=MAX_RESENDS,
     )
 
     celery_workers.start(beat=True, CELERY_BEAT_SECONDS="1")

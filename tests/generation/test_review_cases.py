@@ -7,8 +7,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from config.celery import app as celery_app
 from generation import pipelines
-from generation.jobs import chunk_run, job_launch, job_retry, jobs_sweep
+from generation.jobs import MAX_RESENDS, chunk_run, job_launch, job_retry, jobs_sweep
 from generation.models import GeneratedImage, GenerationJob
 from generation.registry import ModelRefused
 from generation.services import model_register, model_settings_update
@@ -72,11 +73,14 @@ def test_settings_are_frozen_once_a_job_is_queued():
 
 @pytest.mark.django_db
 def test_a_running_job_that_no_worker_touches_is_failed_by_the_sweep_and_can_be_retried(settings):
+    celery_app.control.purge()  # nothing waits in the queue: the job's chunks are lost
     model = model_register(name="stale", path=str(built("ddpm")), steps=2, batch_size=1)
     job = job_launch(version=model.current_version, count=2)
     chunk_run(job_id=job.pk, seeds=[0])  # the chunk of seed 1 is lost with its worker
+    # ... and was sent again as often as the sweep does (tests/generation/test_lost_chunks.py).
     GenerationJob.objects.filter(pk=job.pk).update(
-        heartbeat=timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 61)
+        resends=MAX_RESENDS,
+        heartbeat=timezone.now() - timedelta(seconds=settings.GENERATION_SILENCE_SECONDS + 1),
     )
     assert jobs_sweep() == 1
     job.refresh_from_db()

@@ -1,4 +1,4 @@
-"""Generation through real worker processes on Redis, including a worker killed mid-job."""
+"""Generation through real worker processes, including a worker killed mid-job (on Redis and RabbitMQ)."""
 
 import os
 import signal
@@ -65,11 +65,12 @@ def test_generate_wait_exits_non_zero_when_the_job_fails(celery_workers, tmp_pat
     )
 
 
-def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(celery_workers):
+def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(broker, celery_workers):
     """Kill the whole worker (main process and its child) in the middle of a job,
     start another: the job ends with exactly N images. The broker hands the killed
-    worker's unacknowledged chunk to the new one after the visibility timeout,
-    shortened here (with the time limits below it) so the test does not wait an hour."""
+    worker's unacknowledged chunk to the new one: RabbitMQ when the connection drops,
+    Redis after the visibility timeout, shortened here (with the time limits below it)
+    so the test does not wait an hour."""
     limits = {
         "CELERY_TASK_SOFT_TIME_LIMIT": "20",
         "CELERY_TASK_TIME_LIMIT": "25",
