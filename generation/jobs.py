@@ -10,6 +10,7 @@ loses are sent again by beat's sweep (`jobs_sweep`).
 import errno
 import hashlib
 import logging
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -495,6 +496,14 @@ def _build(version: ModelVersion, made: Made):
     )
 
 
+def worker_name() -> str:
+    """The Celery worker making this image (its node name, e.g. gpu@host1), for each worker's share."""
+    from celery import current_task
+
+    hostname = getattr(getattr(current_task, "request", None), "hostname", None)
+    return hostname or socket.gethostname()
+
+
 def _provenance(version: ModelVersion, made: Made, loaded) -> dict:
     from . import pipelines
 
@@ -502,6 +511,7 @@ def _provenance(version: ModelVersion, made: Made, loaded) -> dict:
     return _jsonable(
         {
             **pipelines.describe(loaded),
+            "worker": worker_name(),
             "model": version.model.name,
             "version": version.number,
             "pipeline": version.model.pipeline_class,

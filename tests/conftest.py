@@ -225,11 +225,14 @@ def use_broker(url: str | None) -> None:
 @pytest.fixture(params=["redis", "rabbitmq"])
 def broker(request, settings):
     """Each broker in turn, for this process and the workers it starts (ask for it before
-    `celery_workers`). RabbitMQ is skipped where nothing answers on its port."""
+    `celery_workers`). RabbitMQ is skipped where nothing answers on its port, but in CI
+    (REQUIRE_SERVICES=1), where a missing broker fails the run."""
     if request.param == "rabbitmq":
         try:
             socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
         except OSError:
+            if os.environ.get("REQUIRE_SERVICES") == "1":
+                raise RuntimeError("REQUIRE_SERVICES=1 but RabbitMQ does not answer on 127.0.0.1:5672")
             pytest.skip("needs RabbitMQ on 127.0.0.1:5672")
         settings.CELERY_BROKER_URL = RABBITMQ_URL  # what worker_environment() passes on
         use_broker(RABBITMQ_URL)

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0006_training_labels'),
+        ('generation', '0007_job_resends'),
     ]
 
     operations = [
