@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import transaction
 from django.db.models import F
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from analysis.cells import formula_refusal
@@ -267,7 +268,8 @@ MAX_RESUMES = 3
 
 
 def training_sweep() -> int:
-    """Resume running jobs that no worker has touched for longer than any task may run.
+    """Resume running jobs that no worker has touched for longer than any task may run, and
+    send again the task of queued jobs that the broker lost.
 
     A worker killed with its task (out of memory, a lost host) leaves the job 'running';
     the broker may hand the task on only much later, or never (the embedded broker).
@@ -290,10 +292,40 @@ def training_sweep() -> int:
             )
             continue
         with transaction.atomic():
-            if stale.update(status=Status.QUEUED, attempt=F("attempt") + 1, resumes=F("resumes") + 1):
+            resumed = stale.update(
+                status=Status.QUEUED,
+                attempt=F("attempt") + 1,
+                resumes=F("resumes") + 1,
+                heartbeat=timezone.now(),
+            )
+            if resumed:
                 swept += 1
                 train.delay_on_commit(job.pk, job.attempt + 1)
-    return swept
+    return swept + _lost_queued_sweep(limit)
+
+
+def _lost_queued_sweep(limit) -> int:
+    """Send again the task of queued jobs that the broker lost (a restart that kept nothing).
+
+    A queued job that has waited the silence period while no task waits in the `gpu` queue
+    has no task anywhere: it would stay queued for ever. Its task goes again, under a new
+    attempt (a late copy of the lost one stands down).
+    """
+    from .jobs import waiting_tasks  # the same reading of the queue as generation's sweep
+
+    waiting = TrainingJob.objects.annotate(since=Coalesce("heartbeat", "created")).filter(
+        status=Status.QUEUED, since__lt=limit
+    )
+    if not waiting.exists() or waiting_tasks() != 0:
+        return 0
+    sent = 0
+    for job in waiting:
+        with transaction.atomic():
+            sent_again = waiting.filter(pk=job.pk, attempt=job.attempt)
+            if sent_again.update(attempt=F("attempt") + 1, heartbeat=timezone.now()):
+                sent += 1
+                train.delay_on_commit(job.pk, job.attempt + 1)
+    return sent
 
 
 # The smoothed loss is the mean of this many of the latest points of the history.

@@ -230,9 +230,10 @@ def broker(request, settings):
     if request.param == "rabbitmq":
         try:
             socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-        except OSError:
+        except OSError as exc:
             if os.environ.get("REQUIRE_SERVICES") == "1":
-                raise RuntimeError("REQUIRE_SERVICES=1 but RabbitMQ does not answer on 127.0.0.1:5672")
+                missing = "REQUIRE_SERVICES=1 but RabbitMQ does not answer on 127.0.0.1:5672"
+                raise RuntimeError(missing) from exc
             pytest.skip("needs RabbitMQ on 127.0.0.1:5672")
         settings.CELERY_BROKER_URL = RABBITMQ_URL  # what worker_environment() passes on
         use_broker(RABBITMQ_URL)

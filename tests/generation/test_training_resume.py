@@ -13,7 +13,9 @@ import pytest
 import torch
 from django.utils import timezone
 
+from config.celery import app as celery_app
 from generation.models import TrainingJob
+from generation.operations import queue_lengths
 from generation.training import (
     Params,
     checkpoint_latest,
@@ -139,3 +141,24 @@ def test_a_retried_job_resumes_exactly_and_the_earlier_attempts_task_stands_down
     expected = straight_weights(done)
     assert all(torch.equal(trained[name], tensor) for name, tensor in expected.items())
     assert not training_retry(job=done)  # a finished job is not trained again
+
+
+@pytest.mark.services
+def test_a_queued_job_whose_task_the_broker_lost_is_sent_again(transactional_db, settings):
+    """The task vanished with a broker that kept nothing (purged here, for real); the sweep sends
+    it again once the job has waited the silence period with nothing in the gpu queue."""
+    settings.TRAINING_SILENCE_SECONDS = 60
+    image_set = make_real_set(2, name="phantoms")
+    celery_app.control.purge()
+    lost = training_launch(name="lost", image_sets=[image_set], steps=10, checkpoint_every=5, **TINY)
+    waiting = training_launch(name="waiting", image_sets=[image_set], steps=10, checkpoint_every=5, **TINY)
+    TrainingJob.objects.filter(pk=lost.pk).update(created=timezone.now() - timezone.timedelta(seconds=120))
+    assert queue_lengths()["gpu"] == 2
+    assert training_sweep() == 0  # their tasks wait in the queue: nothing is lost
+    celery_app.control.purge()  # the broker loses them
+    assert training_sweep() == 1  # only the job past its silence
+    assert (job_now(lost).status, job_now(lost).attempt) == ("queued", 2)
+    assert job_now(waiting).attempt == 1
+    assert queue_lengths()["gpu"] == 1  # its task, sent again
+    assert training_sweep() == 0  # not twice: it waits in the queue now
+    celery_app.control.purge()
