@@ -363,7 +363,8 @@ class Deployment:
         import secrets
 
         port, url = BROKERS[broker]
-        network.forward(5432, port, 18333)
+        # PostgreSQL, the broker, Redis for the web hosts' shared cache (sessions), the S3 server.
+        network.forward(*sorted({5432, port, 6379, 18333}))
         self.network = network
         network.settings = {
             "DJANGO_ENV": "production",
@@ -372,6 +373,7 @@ class Deployment:
             "DATABASE_URL": f"postgres://postgres@{network.gateway}:5432/{database}",
             "CELERY_BROKER_URL": url.format(host=network.gateway),
             "STORAGE_URL": storage_url.replace("127.0.0.1", network.gateway),
+            "CACHE_URL": f"redis://{network.gateway}:6379/8",
             **settings,
         }
         self.web: list[Host] = []
