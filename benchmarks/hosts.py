@@ -56,15 +56,6 @@ def timed(results: list, stage: str, function, *args, count: int = 0, unit: str 
     return value
 
 
-def wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} did not happen within {timeout} s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -126,6 +117,7 @@ def run_study(deployment, args, results) -> None:
     from studies.imaging.phantoms import phantom
     from studies.models import Answer, ImageSet, ImportJob, Study, StudyModel
     from studies.services import study_reader_add
+    from tests.conftest import wait_until as wait
     from tests.studies.files import png16
 
     users = get_user_model()
@@ -139,7 +131,8 @@ def run_study(deployment, args, results) -> None:
     def upload_and_import():
         status, _, body = admin.post(f"/admin/studies/imageset/{image_set.pk}/import/", {}, {"files": files})
         assert status == 200, body[:300]
-        return wait(lambda: ImportJob.objects.filter(status="done").first(), 600, "the import")
+        done = ImportJob.objects.filter(status="done")
+        return wait(done.first, timeout=600, what="the import")
 
     job = timed(results, f"{args.images} files uploaded and imported", upload_and_import,
                 count=args.images, unit="images")
@@ -167,11 +160,12 @@ def run_study(deployment, args, results) -> None:
         generation = GenerationJob.objects.get()
         if args.kill:
             first = deployment.gpu[0]
-            wait(lambda: GeneratedImage.objects.filter(job=generation, provenance__worker=f"gpu@{first.name}")
-                 .exists(), 600, "the first GPU host's first image")
+            made = GeneratedImage.objects.filter(job=generation, provenance__worker=f"gpu@{first.name}")
+            wait(made.exists, timeout=600, what="the first GPU host's first image")
             first.kill()
             print(f"  killed {first.name} mid-job", flush=True)
-        wait(lambda: Study.objects.filter(pk=study.pk, status="ready").exists(), 1200, "the study ready")
+        ready = Study.objects.filter(pk=study.pk, status="ready")
+        wait(ready.exists, timeout=1200, what="the study ready")
         return GenerationJob.objects.get()
 
     generation = timed(results, f"{args.synthetic} images generated and the study drawn", generate,

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.seaweedfs import answers
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -179,7 +181,7 @@ class Network:
             )
         deadline = time.monotonic() + 30
         for port in ports:
-            while not _answers(self.gateway, port):
+            while not answers(self.gateway, port):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the forwarder to port {port} did not start")
                 time.sleep(0.1)
@@ -208,16 +210,6 @@ class Network:
                 sh("ip", "netns", "del", name, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
         self.hosts.clear()
-
-
-def _answers(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection((host, port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 # --- The forwarder ----------------------------------------------------------------------

@@ -8,23 +8,15 @@ the tests marked `services` (the header of the pytest run says which it used).
 """
 
 import os
-import socket
 import tempfile
 
 from django.core.exceptions import ImproperlyConfigured
 
+from tests.seaweedfs import answers  # a port that takes a connection
 
-def _answers(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-if "DATABASE_URL" not in os.environ and _answers("127.0.0.1", 5432):
+if "DATABASE_URL" not in os.environ and answers("127.0.0.1", 5432):
     os.environ["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/postgres"
-if "CELERY_BROKER_URL" not in os.environ and _answers("127.0.0.1", 6379):
+if "CELERY_BROKER_URL" not in os.environ and answers("127.0.0.1", 6379):
     # A database number of its own, so tests never meet a demo's messages.
     os.environ["CELERY_BROKER_URL"] = "redis://127.0.0.1:6379/15"
 
