@@ -83,6 +83,22 @@ def media_root(settings, tmp_path, request):
     return settings.MEDIA_ROOT
 
 
+@pytest.fixture
+def small_disk(filesystem_storage):
+    """MEDIA_ROOT on a real filesystem of 8 MiB that fills up: a tmpfs. Mounting one needs root,
+    as CI has; without it the test is skipped, but in CI (REQUIRE_SERVICES=1) it fails."""
+    filesystem_storage.mkdir(parents=True, exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(filesystem_storage)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            raise RuntimeError("REQUIRE_SERVICES=1 but a small tmpfs cannot be mounted (root is needed)")
+        pytest.skip("needs to mount a small tmpfs (root)")
+    try:
+        yield filesystem_storage
+    finally:
+        subprocess.run(["umount", "-l", str(filesystem_storage)], check=True)
+
+
 def stored_names(prefix: str = "") -> set[str]:
     """Every file in this test's storage (folder or bucket prefix) under `prefix`, by name."""
     from django.core.files.storage import default_storage

@@ -110,17 +110,6 @@ def test_files_on_a_folder_appear_whole_with_the_neutral_time(filesystem_storage
     assert oct(os.stat(path).st_mode & 0o777) == "0o644"
 
 
-@pytest.fixture
-def small_disk(filesystem_storage):
-    """MEDIA_ROOT on a real 2 MB tmpfs, which fills up (the tests run as root, as CI does)."""
-    filesystem_storage.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(filesystem_storage)], check=True)
-    try:
-        yield filesystem_storage
-    finally:
-        subprocess.run(["umount", "-l", str(filesystem_storage)], check=True)
-
-
 def fill(folder, leave: int) -> None:
     """Fill the disk but for about `leave` bytes."""
     free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize

@@ -202,19 +202,6 @@ def test_a_healthy_batch_longer_than_the_silence_period_is_not_sent_again(celery
 # --- A full disk while a batch is written ------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(filesystem_storage):
-    """MEDIA_ROOT on a real filesystem of 8 MiB (a tmpfs; mounting one needs root, as CI runs)."""
-    filesystem_storage.mkdir(parents=True, exist_ok=True)
-    mount = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(filesystem_storage)]
-    if subprocess.run(mount).returncode:
-        pytest.skip("needs to mount a small tmpfs (root)")
-    try:
-        yield filesystem_storage
-    finally:
-        subprocess.run(["umount", str(filesystem_storage)], check=True)
-
-
 def files_under(folder: Path) -> dict[Path, int]:
     return {path: path.stat().st_size for path in folder.rglob("*") if path.is_file()}
 
