@@ -117,7 +117,8 @@ AUTH_PASSWORD_VALIDATORS = [
 # Axes first: it refuses a locked-out login before any password is checked.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's ModelBackend, the user of each request kept in the shared cache (config/auth.py).
+    "config.auth.CachedUserBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -207,8 +208,9 @@ if GENERATION_SILENCE_SECONDS < 4:
 # --- Cache and sessions -----------------------------------------------------------
 # CACHE_URL (redis://host:6379/1): one cache shared by every web server, and sessions read
 # from it (cached_db: written through to the database, so a cache restart logs nobody out).
-# A logout deletes the session from both, on every server at once; a deactivated reader is
-# refused anyway, as the user row is read on every request. Without CACHE_URL: a cache in
+# A logout deletes the session from both, on every server at once; the user of each request
+# is cached there too and dropped whenever it is saved, so a deactivated reader is refused at
+# the next request (config/auth.py). Without CACHE_URL: a cache in
 # each process's memory, and sessions from the database (a per-process cache would not see
 # a logout made through another process).
 CACHE_URL = env_str("CACHE_URL", "")

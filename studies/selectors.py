@@ -11,18 +11,12 @@ from generation.models import GenerativeModel, TrainingJob
 
 from .models import Answer, Image, Presentation, Study, StudyImage, StudyReader
 
-
-def _member(user, prefix: str = "") -> Q:
-    """A study the user is a reader of, and still is: a removed reader reaches nothing of it."""
-    return Q(**{f"{prefix}readers__reader": user, f"{prefix}readers__removed__isnull": True})
-
-
 # What reader-facing lookups leave out of a study: its audit report, which can be large, is for
 # researchers only, and every request of the labelling page would otherwise carry it.
 READER_DEFERRED = ("audit_report", "preparation_error", "override_reason")
 
-# The two lookups that every labelling request makes (the presentation answered or shown, and
-# the reader's state) are written in SQL: the ORM took longer to compile them than the rest of
+# The lookups that every labelling request makes (the presentation answered or shown, the
+# study, and the reader's state) are written in SQL: the ORM took longer to compile them than the rest of
 # the request, the database included (docs/benchmarks.md, "Labelling at scale"). Tables and
 # columns come from the models, so a renamed field fails the tests, not production.
 # What the reader's views use of the study and the image; anything else loads when first used.
@@ -105,11 +99,29 @@ def study_for_reader(*, user, study_id) -> Study:
     if not user.is_authenticated:
         raise Http404
     try:
-        return Study.objects.defer(*READER_DEFERRED).get(
-            _member(user), pk=study_id, status__in=[Study.Status.OPEN, Study.Status.CLOSED]
-        )
-    except (Study.DoesNotExist, ValueError):
+        pk = Study._meta.pk.get_db_prep_value(int(study_id), connection)
+    except (TypeError, ValueError):
         raise Http404 from None
+    names = _study_reader_fields()
+    with connection.cursor() as cursor:
+        cursor.execute(_study_sql(names), [pk, user.pk, Study.Status.OPEN, Study.Status.CLOSED])
+        row = cursor.fetchone()
+    if row is None:
+        raise Http404
+    return _loaded(Study, names, row)
+
+
+def _study_reader_fields() -> list[str]:
+    return [f.attname for f in Study._meta.concrete_fields if f.name not in READER_DEFERRED]
+
+
+def _study_sql(names) -> str:
+    return (
+        f"SELECT {', '.join(_columns(Study, 's', names))} FROM {_table(Study)} s"
+        f" WHERE s.id = %s AND EXISTS (SELECT 1 FROM {_table(StudyReader)} r"
+        f" WHERE r.study_id = s.id AND r.reader_id = %s AND r.removed IS NULL)"
+        f" AND s.status IN (%s, %s)"
+    )
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ def redis_sessions(settings):
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": location}
     }
     settings.SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    settings.CACHE_URL = location  # what makes config/auth.py keep each request's user there too
     from django.core.cache import cache
 
     cache.clear()
@@ -97,14 +98,17 @@ def test_a_finished_reader_is_done_with_every_count(reader):
 
 
 @pytest.mark.services
-def test_with_a_shared_cache_sessions_cost_no_query(
+def test_with_a_shared_cache_sessions_and_users_cost_no_query(
     redis_sessions, client, reader, django_assert_num_queries
 ):
     study = make_open_study(reader, images=4)
     client.force_login(reader)
-    client.get(f"/study/{study.pk}/state")  # the session is read into the cache once
-    with django_assert_num_queries(3):  # user, study, state
+    client.get(f"/study/{study.pk}/state")  # the session and the user are read into the cache once
+    with django_assert_num_queries(2):  # study, state
         client.get(f"/study/{study.pk}/state")
+    state = client.get(f"/study/{study.pk}/state").json()
+    with django_assert_num_queries(1):  # the presentation with its file
+        assert client.get(state["current"]["image"]).status_code == 200
 
 
 @pytest.mark.services
@@ -134,3 +138,16 @@ def test_with_a_shared_cache_a_deactivated_reader_loses_access_at_once(redis_ses
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
     presentation = Presentation.objects.filter(study=study).first()
     assert client.get(f"/p/{presentation.pk}/image").status_code == 404
+
+
+@pytest.mark.services
+def test_with_a_shared_cache_a_new_password_ends_the_other_sessions_at_once(redis_sessions, client, reader):
+    study = make_open_study(reader, images=4)
+    client.force_login(reader)
+    assert client.get(f"/study/{study.pk}/state").status_code == 200  # the user is cached now
+
+    reader.set_password("a-new-password-for-this-reader")
+    reader.save()  # as the admin's password form and `changepassword` do
+
+    response = client.get(f"/study/{study.pk}/state")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
