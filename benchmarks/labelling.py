@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/labelling.py [--compare main] [--cache-url redis://127.0.0.1:6379/11]
         [--readers 50] [--pace 2] [--duration 20] [--saturation-readers 50]
-        [--saturation-duration 15] [--rounds 3] [--workers 4] [--hosts 1] [--images 400]
+        [--saturation-duration 15] [--rounds 3] [--workers 4] [--hosts 1] [--cores-per-host 0]
+        [--images 400]
 
 For the code of the working tree, and with --compare REV for that git revision too
 (checked out into a temporary git worktree, run with the same virtual environment), it:
@@ -12,7 +13,9 @@ For the code of the working tree, and with --compare REV for that git revision t
      readers with their sequences;
   2. starts --hosts gunicorn instances per tree (`gunicorn config.wsgi --workers N`), one
      port each; the load generator sends each request to the next port in turn (round
-     robin, so one reader's requests reach every host: sessions must be shared);
+     robin, so one reader's requests reach every host: sessions must be shared); with
+     --cores-per-host N each host runs on N cores of its own (`sched_setaffinity`), so that
+     one machine can show what a second host adds;
   3. logs every reader in (GET and POST /accounts/login/, with the form's CSRF token) and
      opens the labelling page as static/js/label.js does: the page, GET .../state, the
      images of the current and the next presentation; then each answer is a POST
@@ -182,13 +185,20 @@ class Target:
 
     def start(self, hosts: int, workers: int) -> list[str]:
         self.stop()
-        for _ in range(hosts):
+        for index in range(hosts):
             port = free_port()
             log = open(self.var / f"gunicorn-{port}.log", "w")
             command = [sys.executable, "-m", "gunicorn", "config.wsgi", "--workers", str(workers)]
             command += ["--bind", f"127.0.0.1:{port}", "--backlog", "2048"]
             self.servers.append(
-                subprocess.Popen(command, cwd=self.tree, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                subprocess.Popen(
+                    command,
+                    cwd=self.tree,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=self.pinned(index),
+                )
             )
             self.ports.append(port)
         urls = [f"http://127.0.0.1:{port}" for port in self.ports]
@@ -202,6 +212,17 @@ class Target:
                     raise RuntimeError(f"gunicorn at {url} did not answer; see {self.var}")
                 time.sleep(0.3)
         return urls
+
+    def pinned(self, index: int):
+        """With --cores-per-host N: host k's processes run on cores kN to kN+N-1 only, so that
+        hosts on one machine stand for hosts with N cores each (the load generator, PostgreSQL
+        and Redis are not pinned)."""
+        per_host = self.args.cores_per_host
+        if not per_host:
+            return None
+        count = os.cpu_count() or 1
+        cores = {(index * per_host + offset) % count for offset in range(per_host)}
+        return lambda: os.sched_setaffinity(0, cores)
 
     def stop(self) -> None:
         for server in self.servers:
@@ -620,6 +641,12 @@ def main() -> None:
     parser.add_argument("--reload-every", type=int, default=10, help="answers between page reloads")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers per host")
     parser.add_argument("--hosts", type=int, default=1, help="gunicorn instances; requests go round robin")
+    parser.add_argument(
+        "--cores-per-host",
+        type=int,
+        default=0,
+        help="pin each gunicorn host to this many cores of its own (0: no pinning)",
+    )
     parser.add_argument("--images", type=int, default=400, help="images in the study: each reader's sequence")
     parser.add_argument("--database", help="database to recreate (default: DATABASE_URL's name + '_bench')")
     parser.add_argument(
