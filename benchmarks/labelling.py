@@ -103,6 +103,36 @@ def seed(images: int, readers: int) -> None:
     print(json.dumps({"study": study.pk, "readers": [f"bench{n:03d}" for n in range(1, readers + 1)]}))
 
 
+# nginx as the README's production outline puts it in front (TLS apart: plain HTTP here).
+NGINX_TEMP = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {var}/nginx.pid;
+error_log {var}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    {temp}
+    upstream web {{ {upstream} }}
+    server {{
+        listen 127.0.0.1:{port} backlog=2048;
+        location / {{
+            proxy_pass http://web;
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Real-IP $remote_addr;
+        }}
+        location /protected-media/ {{
+            internal;
+            alias {var}/media/;
+            etag off;
+            add_header Cache-Control "private, no-store" always;
+        }}
+    }}
+}}
+"""
+
+
 # ---- Servers -------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -134,6 +164,8 @@ class Target:
         )
         if args.cache_url:
             self.env["CACHE_URL"] = args.cache_url
+        if args.nginx:
+            self.env["READER_IMAGE_ACCEL_PREFIX"] = "/protected-media/"
         self.servers: list[subprocess.Popen] = []
         self.ports: list[int] = []
 
@@ -202,6 +234,8 @@ class Target:
             )
             self.ports.append(port)
         urls = [f"http://127.0.0.1:{port}" for port in self.ports]
+        if self.args.nginx:
+            urls = [self.start_nginx()]
         for url in urls:
             deadline = time.monotonic() + 60
             while True:
@@ -212,6 +246,20 @@ class Target:
                     raise RuntimeError(f"gunicorn at {url} did not answer; see {self.var}")
                 time.sleep(0.3)
         return urls
+
+    def start_nginx(self) -> str:
+        """nginx in front of the hosts, as the README's production outline has it: one address,
+        the hosts behind it in turn, reader images sent by nginx (READER_IMAGE_ACCEL_PREFIX)."""
+        port, var = free_port(), self.var
+        var.chmod(0o755)  # nginx's workers run as another user, and send the images from here
+        upstream = "\n".join(f"server 127.0.0.1:{p};" for p in self.ports)
+        temp = "\n".join(f"{kind}_temp_path {var}/nginx-{kind};" for kind in NGINX_TEMP)
+        config = NGINX_CONF.format(var=var, port=port, upstream=upstream, temp=temp)
+        (var / "nginx.conf").write_text(config)
+        log = open(var / "nginx.log", "w")
+        command = ["nginx", "-c", str(var / "nginx.conf"), "-p", str(var)]
+        self.servers.append(subprocess.Popen(command, stdout=log, stderr=log))
+        return f"http://127.0.0.1:{port}"
 
     def pinned(self, index: int):
         """With --cores-per-host N: host k's processes run on cores kN to kN+N-1 only, so that
@@ -236,7 +284,7 @@ class Target:
         self.servers, self.ports = [], []
 
     def cpu_seconds(self) -> float:
-        """CPU time used so far by the gunicorn processes (masters and workers)."""
+        """CPU time used so far by the web tier: gunicorn's masters and workers (and nginx's)."""
         masters = {server.pid for server in self.servers}
         total = 0
         for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -607,7 +655,7 @@ def print_summary(name: str, result: dict, args) -> None:
         print(
             f"saturation: {args.saturation_readers} readers, {args.rounds} x {args.saturation_duration} s: "
             f"**{s['answers_per_s']:.1f} answers/s** (median; rounds {rounds}), answer p95 "
-            f"{s['answer_p95'] * 1000:.0f} ms, gunicorn CPU {s['server_ms_per_answer']:.1f} ms per answer "
+            f"{s['answer_p95'] * 1000:.0f} ms, web CPU {s['server_ms_per_answer']:.1f} ms per answer "
             f"(and its image), {s['errors']} requests sent again, "
             f"load generator at most {s['generator_cpu']:.2f} CPU, "
             f"{s['finished_readers']} readers ran out of images"
@@ -646,6 +694,9 @@ def main() -> None:
         type=int,
         default=0,
         help="pin each gunicorn host to this many cores of its own (0: no pinning)",
+    )
+    parser.add_argument(
+        "--nginx", action="store_true", help="nginx in front of the hosts, sending the images (needs nginx)"
     )
     parser.add_argument("--images", type=int, default=400, help="images in the study: each reader's sequence")
     parser.add_argument("--database", help="database to recreate (default: DATABASE_URL's name + '_bench')")
@@ -691,7 +742,7 @@ def main() -> None:
             pairs = zip(base["saturation"]["rounds"], new["saturation"]["rounds"], strict=True)
             per_round = [n / b for b, n in pairs]
             cpu = new["saturation"]["server_ms_per_answer"] / base["saturation"]["server_ms_per_answer"]
-            print(f"gunicorn CPU per answer: {cpu:.2f}x")
+            print(f"web CPU per answer: {cpu:.2f}x")
             print(
                 f"saturation answers/s: {median(per_round):.2f}x "
                 f"(median of the rounds' ratios {', '.join(f'{r:.2f}' for r in per_round)})"
