@@ -495,8 +495,11 @@ def _delete_unkept(image: Image) -> None:
             return
         except storage_errors() as exc:
             if wait is None or not storage_unreachable(exc):
-                logger.error("Could not delete %s, written but not kept (an orphaned file): %s",
-                             image.file.name, storage_error_text(exc))
+                logger.error(
+                    "Could not delete %s, written but not kept (an orphaned file): %s",
+                    image.file.name,
+                    storage_error_text(exc),
+                )
                 return
             time.sleep(wait)
 

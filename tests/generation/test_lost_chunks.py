@@ -249,7 +249,12 @@ def unreachable_storage() -> dict:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     entry = object_storage_options(
-        {"bucket_name": "away", "access_key": "k", "secret_key": "s", "endpoint_url": f"http://127.0.0.1:{port}"}
+        {
+            "bucket_name": "away",
+            "access_key": "k",
+            "secret_key": "s",
+            "endpoint_url": f"http://127.0.0.1:{port}",
+        }
     )
     from botocore.config import Config
 
