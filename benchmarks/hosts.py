@@ -184,7 +184,8 @@ def run_study(deployment, args, results) -> None:
         if args.faults:
             storage_back = deployment.network.outage(18333, 5)
             fault("the S3 server's link cut for 5 s")
-            fault(deployment.broker_fault(1 if args.broker == "redis" else 3))
+            at = time.monotonic()
+            fault(deployment.broker_fault(1 if args.broker == "redis" else 3), at=at)
             storage_back.join()
         ready = Study.objects.filter(pk=study.pk, status="ready")
         wait(ready.exists, timeout=1200, what="the study ready")
@@ -193,8 +194,8 @@ def run_study(deployment, args, results) -> None:
     origin = time.monotonic()  # faults are timed from the generation's launch
     faults: list[str] = []
 
-    def fault(what: str) -> None:
-        faults.append(f"{time.monotonic() - origin:.1f} s: {what}")
+    def fault(what: str, at: float | None = None) -> None:
+        faults.append(f"{(at or time.monotonic()) - origin:.1f} s: {what}")
         print(f"  fault at {faults[-1]}", flush=True)
 
     generation = timed(results, f"{args.synthetic} images generated and the study drawn", generate,
