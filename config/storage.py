@@ -202,6 +202,22 @@ def storage_errors() -> tuple[type[BaseException], ...]:
     return (OSError, BotoCoreError, ClientError)
 
 
+def storage_unreachable(exc: BaseException | None) -> bool:
+    """Whether a storage error is the store out of reach for now (a link down, a server
+    restarting or overloaded), which passes, rather than a refusal (full, denied, too large),
+    which does not."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    try:
+        from botocore.exceptions import ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as EndpointUnreachable
+    except ImportError:
+        return False
+    if isinstance(exc, ClientError):
+        return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
+    return isinstance(exc, EndpointUnreachable | HTTPClientError)
+
+
 def storage_error_text(exc: BaseException) -> str:
     """A short, secret-free description of a storage failure for a user or a job."""
     if isinstance(exc, OSError) and exc.strerror:

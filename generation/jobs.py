@@ -24,6 +24,7 @@ from django.db.models import F, Max
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from config.storage import storage_error_text, storage_errors, storage_unreachable
 from studies.images import files_delete, image_build
 from studies.imaging.decode import Decoded
 from studies.models import Image
@@ -286,7 +287,7 @@ def jobs_sweep() -> int:
                 error=f"No worker has worked on this job for over {silence} s, with no task waiting "
                 f"in the {GPU_QUEUE} queue, after its missing chunks were sent again {job.resends} times; "
                 f"{missing} image(s) are missing (a chunk that hits the hard time limit every time, "
-                "or a broker that loses its messages?). Retry it to make them.",
+                "a broker that loses its messages, a storage out of reach?). Retry it to make them.",
             )
             continue
         with transaction.atomic():
@@ -361,12 +362,25 @@ def chunk_run(*, job_id: int, seeds: list[int], attempt: int = 1) -> None:
     except SoftTimeLimitExceeded:
         _fail(job_id, f"A chunk ran past the time limit ({settings.CELERY_TASK_SOFT_TIME_LIMIT} s).")
         return
-    except NotStored as exc:
-        # Not the chunk's fault, and no traceback for the researcher: the worker's log has it.
-        logger.error("Job %s: %s", job_id, exc, exc_info=exc.__cause__)
-        _fail(job_id, str(exc))
-        return
     except Exception as exc:
+        if storage_unreachable(exc) or storage_unreachable(exc.__cause__):
+            # A storage out of reach for a while (a link down, a server restarting) is not the
+            # job's failure: nothing of the batch was kept, and the sweep sends the missing
+            # images again once the job has been silent; it fails the job only if the storage
+            # stays away through MAX_RESENDS silences.
+            logger.warning(
+                "Job %s: the storage cannot be reached (%s); seeds %s..%s are left to the sweep",
+                job_id,
+                storage_error_text(exc.__cause__ or exc),
+                seeds[0],
+                seeds[-1],
+            )
+            return
+        if isinstance(exc, NotStored):
+            # Not the chunk's fault, and no traceback for the researcher: the worker's log has it.
+            logger.error("Job %s: %s", job_id, exc, exc_info=exc.__cause__)
+            _fail(job_id, str(exc))
+            return
         _fail(job_id, f"Generation failed on seeds {seeds[0]}..{seeds[-1]}: {type(exc).__name__}: {exc}")
         raise
     _finish_if_complete(job)
@@ -438,7 +452,7 @@ def _record_all(job: GenerationJob, version: ModelVersion, made: list[Made], loa
         try:
             for m in made:
                 built.append((_build(version, m), m))
-        except OSError as exc:
+        except storage_errors() as exc:
             raise NotStored(_storage_problem(made, exc)) from exc
         with transaction.atomic():
             for image, m in built:
@@ -465,17 +479,40 @@ def _record_all(job: GenerationJob, version: ModelVersion, made: list[Made], loa
     finally:
         for image, _ in built:
             if id(image) not in kept:
-                files_delete(image)
+                _delete_unkept(image)
 
 
-def _storage_problem(made: list[Made], exc: OSError) -> str:
+# Deleting a batch's unkept files is tried again this often, this long apart (seconds), when
+# the storage cannot be reached: a storage back within them leaves no orphaned file.
+DELETE_WAITS = (1, 2, 4, 8)
+
+
+def _delete_unkept(image: Image) -> None:
+    """Delete a file written for an image that was not kept; wait out a storage briefly away."""
+    for wait in (*DELETE_WAITS, None):
+        try:
+            files_delete(image)
+            return
+        except storage_errors() as exc:
+            if wait is None or not storage_unreachable(exc):
+                logger.error(
+                    "Could not delete %s, written but not kept (an orphaned file): %s",
+                    image.file.name,
+                    storage_error_text(exc),
+                )
+                return
+            time.sleep(wait)
+
+
+def _storage_problem(made: list[Made], exc: BaseException) -> str:
     seeds = f"{made[0].seed}..{made[-1].seed}"
-    if exc.errno == errno.ENOSPC:
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC:
         why = "the media storage is full"
-    elif exc.errno in (errno.EFBIG, errno.EDQUOT):
+    elif code in (errno.EFBIG, errno.EDQUOT):
         why = "the media storage refused the file's size (a quota or a file size limit)"
     else:
-        why = f"the media storage failed ({exc.strerror or type(exc).__name__})"
+        why = f"the media storage failed ({storage_error_text(exc)})"
     return (
         f"Could not store the images of seeds {seeds}: {why}. No file of this batch was kept; "
         "free space (or fix the storage), then Retry the job to make its missing images."

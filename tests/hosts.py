@@ -12,11 +12,13 @@ every host off that service; killing a host's processes is a host that dies.
 """
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,10 +189,36 @@ class Network:
                 time.sleep(0.1)
 
     def cut(self, port: int) -> None:
-        """Every host loses this service (its forwarder stops); `forward` brings it back."""
+        """Every host loses this service (its forwarder stops); `forward` brings it back.
+
+        What the hosts see is what a restart of the service shows them: their connections
+        dropped at once, new ones refused until it is back. The service itself keeps
+        running, with whatever it holds, for this machine and other sessions.
+        """
         process = self.forwarders.pop(port)
         process.kill()
         process.wait()
+
+    @contextlib.contextmanager
+    def down(self, port: int):
+        """The service is cut off for as long as the block runs, and back after it."""
+        self.cut(port)
+        try:
+            yield
+        finally:
+            self.forward(port)
+
+    def outage(self, port: int, seconds: float) -> "threading.Thread":
+        """Cut the service now and bring it back after `seconds`, in the background; join to wait."""
+        self.cut(port)
+
+        def back():
+            time.sleep(seconds)
+            self.forward(port)
+
+        thread = threading.Thread(target=back, name=f"outage-{port}", daemon=True)
+        thread.start()
+        return thread
 
     def destroy(self) -> None:
         for host in self.hosts.values():
@@ -347,17 +375,75 @@ BROKERS = {
 }
 
 
+class OwnRedis:
+    """A redis-server of the run's own, on a port of its own, keeping nothing on disk (no RDB, no
+    AOF), as Redis is often deployed: a restart of it loses every message it held, queued or
+    unacknowledged. The machine's Redis serves other sessions and is never restarted."""
+
+    def __init__(self, folder: Path):
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "OwnRedis":
+        settings = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        log = open(self.folder / "redis.log", "ab")
+        self.process = subprocess.Popen(
+            ["redis-server", *settings, "--dir", str(self.folder)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while not answers("127.0.0.1", self.port):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        """Killed, as a crash or an OOM kill would: it saves nothing on the way out either."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self, *, after: float = 1.0) -> None:
+        self.stop()
+        time.sleep(after)
+        self.start()
+
+
 class Deployment:
     """A web host, GPU-worker hosts and an operations host (default worker and beat), as the
     README's production outline has them, against this machine's services."""
 
-    def __init__(self, network: Network, *, broker: str, database: str, storage_url: str, **settings: str):
+    def __init__(
+        self,
+        network: Network,
+        *,
+        broker: str,
+        database: str,
+        storage_url: str,
+        own_redis: OwnRedis | None = None,
+        **settings: str,
+    ):
         import secrets
 
         port, url = BROKERS[broker]
+        if own_redis:  # the broker is a Redis of the run's own, which it may restart
+            port, url = own_redis.port, f"redis://{{host}}:{own_redis.port}/0"
         # PostgreSQL, the broker, Redis for the web hosts' shared cache (sessions), the S3 server.
         network.forward(*sorted({5432, port, 6379, 18333}))
         self.network = network
+        self.broker, self.broker_port, self.own_redis = broker, port, own_redis
+        self.acknowledged: dict[str, str] = {}  # every answer a web host acknowledged: presentation -> label
+        self.retries = 0  # requests the readers sent again after a 5xx, a 429 or a connection error
         network.settings = {
             "DJANGO_ENV": "production",
             "SECRET_KEY": secrets.token_urlsafe(50),
@@ -413,14 +499,54 @@ class Deployment:
                 time.sleep(0.5)
         return checks
 
+    def broker_fault(self, seconds: float) -> str:
+        """The broker goes away for `seconds` and comes back; what happened, in words.
+
+        A Redis of the run's own is killed and started again empty: every message it held is
+        lost, as with a Redis that keeps nothing on disk. RabbitMQ is the machine's, shared
+        with other sessions, and is not restarted: its link is cut instead. A RabbitMQ restart
+        keeps what the hosts' durable queues hold (Celery's messages are persistent), so what
+        the hosts see of one is what the cut shows them: their connections dropped, new ones
+        refused, the unacknowledged messages handed out again once they are back.
+        """
+        if self.own_redis:
+            self.own_redis.restart(after=seconds)
+            return f"the broker (a Redis keeping nothing on disk) killed, restarted empty after {seconds:g} s"
+        with self.network.down(self.broker_port):
+            time.sleep(seconds)
+        return f"the broker's link ({self.broker}, port {self.broker_port}) cut for {seconds:g} s"
+
     def client(self, username: str, password: str, *, admin: bool = False, index: int = 0) -> HttpClient:
         client = HttpClient(self.url(index))
         client.log_in(username, password, admin=admin)
         return client
 
+    # As static/js/label.js: its back-off, and the most of a server's Retry-After it waits.
+    RETRY_DELAYS = (1, 2, 3, 5)
+    RETRY_AFTER_MAX = 30
+
+    def patiently(self, send, *args, **kwargs):
+        """Send a request until it is answered with neither a 5xx, a 429 nor a connection error,
+        as the labelling page does: the answer is kept and sent again after the server's
+        Retry-After, or the page's back-off if that is longer. The reply."""
+        for attempt in range(10_000):
+            try:
+                status, headers, body = send(*args, **kwargs)
+                if status < 500 and status != 429:
+                    return status, headers, body
+                asked = headers.get("Retry-After", "0")
+                retry_after = min(int(asked), self.RETRY_AFTER_MAX) if asked.isdigit() else 0
+            except OSError:  # refused, reset, timed out: the page's fetch() TypeError
+                retry_after = 0
+            self.retries += 1
+            time.sleep(max(self.RETRY_DELAYS[min(attempt, len(self.RETRY_DELAYS) - 1)], retry_after))
+        raise RuntimeError("the server never came back")
+
     def label(self, study_id: int, readers: list[tuple[str, str]], *, pace: float = 0.0) -> dict[str, int]:
         """Each reader labels the whole study at once, over HTTP, as the labelling page does:
-        the state, each image, each answer. Readers are spread over the web hosts."""
+        the state, each image, each answer, each request sent again through an outage as the
+        page does (`patiently`). Readers are spread over the web hosts. Every acknowledged
+        answer is kept in `acknowledged`."""
         import json
         import threading
 
@@ -430,22 +556,25 @@ class Deployment:
         def one(index: int, username: str, password: str) -> None:
             try:
                 client = self.client(username, password, index=index % len(self.web))
-                status, _, _ = client.get(f"/study/{study_id}/")
-                state = json.loads(client.get(f"/study/{study_id}/state")[2])
+                status, _, _ = self.patiently(client.get, f"/study/{study_id}/")
+                state = json.loads(self.patiently(client.get, f"/study/{study_id}/state")[2])
                 count = 0
                 while not state["done"]:
                     current = state["current"]
-                    status, _, image = client.get(current["image"])
+                    status, _, image = self.patiently(client.get, current["image"])
                     if status != 200 or image[:4] != b"\x89PNG":
                         raise RuntimeError(f"image {current['image']}: {status}")
                     time.sleep(pace)
-                    status, _, body = client.post(
+                    label = ("real", "fake")[count % 2]
+                    status, _, body = self.patiently(
+                        client.post,
                         f"/p/{current['id']}/answer",
-                        {"label": ("real", "fake")[count % 2], "viewing_ms": 900},
+                        {"label": label, "viewing_ms": 900},
                         headers={"Accept": "application/json"},
                     )
                     if status != 200:
                         raise RuntimeError(f"answer {current['id']}: {status} {body[:200]!r}")
+                    self.acknowledged[current["id"]] = label
                     state = json.loads(body)
                     count += 1
                 totals[username] = count

@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 
 from config.celery import app as celery_app
+from config.storage import object_storage_options
 from generation.jobs import MAX_RESENDS, chunk_run, job_launch, job_retry, jobs_sweep, waiting_tasks
 from generation.models import GeneratedImage, GenerationJob
 from generation.services import model_register
@@ -237,3 +238,49 @@ def test_a_disk_that_fills_during_a_batch_keeps_no_file_of_it_and_fails_the_job_
     job.refresh_from_db()
     assert job.status == "done"
     assert seeds_of(model.current_version) == [0, 1, 2, 3, 4]
+
+
+# --- A storage out of reach while a batch is written ------------------------------------
+
+
+def unreachable_storage() -> dict:
+    """An S3 storage at an address where nothing listens, as a link that is down: refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    entry = object_storage_options(
+        {
+            "bucket_name": "away",
+            "access_key": "k",
+            "secret_key": "s",
+            "endpoint_url": f"http://127.0.0.1:{port}",
+        }
+    )
+    from botocore.config import Config
+
+    # No retries of boto's own: the chunk meets the outage at once (a deployment keeps boto's).
+    entry["OPTIONS"]["client_config"] = Config(retries={"max_attempts": 1}, connect_timeout=1)
+    return entry
+
+
+@pytest.mark.django_db
+def test_a_storage_out_of_reach_leaves_the_job_to_the_sweep_not_failed(settings, empty_queues):
+    model = model_register(name="away", path=str(built("ddpm")), steps=2, batch_size=2)
+    warm = job_launch(version=model.current_version, count=1)
+    chunk_run(job_id=warm.pk, seeds=[0])  # the worker has the model loaded
+    reachable = settings.STORAGES
+    job = job_launch(version=model.current_version, count=2)
+    settings.STORAGES = {**reachable, "default": unreachable_storage()}
+    chunk_run(job_id=job.pk, seeds=[1, 2])
+    job.refresh_from_db()
+    assert (job.status, job.error, job.attempt) == ("running", "", 1)
+    assert seeds_of(model.current_version) == [0]
+
+    settings.STORAGES = reachable  # the storage is back: the sweep sends the lost chunk again
+    silence(job, settings)
+    assert jobs_sweep() == 1
+    job.refresh_from_db()
+    chunk_run(job_id=job.pk, seeds=[1, 2], attempt=job.attempt)
+    job.refresh_from_db()
+    assert (job.status, job.resends) == ("done", 0)
+    assert seeds_of(model.current_version) == [0, 1, 2]
