@@ -175,6 +175,11 @@ def wait_for_worker(hostname: str, process: subprocess.Popen, timeout: float = 6
     raise RuntimeError(f"the worker {hostname} did not answer within {timeout} s")
 
 
+# Beat every second and a short silence period: a worker started with these (and `beat`)
+# sends a job's lost chunks again within seconds, not minutes.
+FAST_SWEEP = {"CELERY_BEAT_SECONDS": "1", "GENERATION_SILENCE_SECONDS": "4"}
+
+
 class Workers:
     """Starts real `celery -A config worker` processes and stops them at the end of the test."""
 
