@@ -20,6 +20,11 @@ if "CELERY_BROKER_URL" not in os.environ and answers("127.0.0.1", 6379):
     # A database number of its own, so tests never meet a demo's messages.
     os.environ["CELERY_BROKER_URL"] = "redis://127.0.0.1:6379/15"
 
+# Torch on one thread, in the tests and the workers they start (which inherit it): the tiny
+# models run several times faster so on CI's two cores, which the test, its workers and the
+# live server share; with a thread per core, OpenMP's threads wait on each other.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Nothing a test does touches the developer's var/ (database, media, secret key).
 os.environ["VAR_DIR"] = tempfile.mkdtemp(prefix="readerstudy-tests-")
 

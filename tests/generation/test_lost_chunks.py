@@ -15,11 +15,8 @@ from generation.jobs import MAX_RESENDS, chunk_run, job_launch, job_retry, jobs_
 from generation.models import GeneratedImage, GenerationJob
 from generation.services import model_register
 from generation.tasks import generate_chunk
-from tests.conftest import use_broker, wait_until
+from tests.conftest import FAST_SWEEP, use_broker, wait_until
 from tests.generation.models import built
-
-# Short enough for a test; the sweep runs every second.
-FAST_SWEEP = {"CELERY_BEAT_SECONDS": "1", "GENERATION_SILENCE_SECONDS": "4"}
 
 
 def silence(job, settings):

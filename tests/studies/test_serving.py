@@ -1,5 +1,6 @@
 """Readers get images only through their own presentations, with identical headers."""
 
+import functools
 import urllib.error
 import urllib.request
 import uuid
@@ -18,13 +19,19 @@ from tests.studies.files import png16
 pytestmark = pytest.mark.django_db
 
 
+@functools.cache
+def portrait_png() -> bytes:
+    """A 2500-pixel portrait 16-bit PNG: drawn and encoded once (a second), decoded by each test."""
+    return png16(phantom(1, 2500)[:, 300:2200])
+
+
 @pytest.fixture
 def study(reader, tmp_path):
     """An open study showing the reader one real and one synthetic image, as unlike as
     their sources get: a 2500-pixel portrait 16-bit PNG, and a model's 32-pixel floats."""
     image_set = ImageSet.objects.create(name="real")
     real = image_build(
-        decoded=decode(png16(phantom(1, 2500)[:, 300:2200])),
+        decoded=decode(portrait_png()),
         origin=Image.Origin.REAL,
         image_set=image_set,
         source_sha256="a" * 64,
