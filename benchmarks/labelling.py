@@ -114,11 +114,13 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
     {temp}
-    upstream web {{ {upstream} }}
+    upstream web {{ {upstream} {keepalive} }}
     server {{
         listen 127.0.0.1:{port} backlog=2048;
         location / {{
             proxy_pass http://web;
+            proxy_http_version 1.1;
+            {connection}
             proxy_set_header Host $http_host;
             proxy_set_header X-Real-IP $remote_addr;
         }}
@@ -222,6 +224,8 @@ class Target:
             log = open(self.var / f"gunicorn-{port}.log", "w")
             command = [sys.executable, "-m", "gunicorn", "config.wsgi", "--workers", str(workers)]
             command += ["--bind", f"127.0.0.1:{port}", "--backlog", "2048"]
+            if self.args.threads:
+                command += ["--worker-class", "gthread", "--threads", str(self.args.threads)]
             self.servers.append(
                 subprocess.Popen(
                     command,
@@ -254,7 +258,14 @@ class Target:
         var.chmod(0o755)  # nginx's workers run as another user, and send the images from here
         upstream = "\n".join(f"server 127.0.0.1:{p};" for p in self.ports)
         temp = "\n".join(f"{kind}_temp_path {var}/nginx-{kind};" for kind in NGINX_TEMP)
-        config = NGINX_CONF.format(var=var, port=port, upstream=upstream, temp=temp)
+        # With gthread workers (--threads), nginx keeps its connections to them open.
+        keepalive = "keepalive 64;" if self.args.threads else ""
+        connection = (
+            'proxy_set_header Connection "";' if self.args.threads else "proxy_set_header Connection close;"
+        )
+        config = NGINX_CONF.format(
+            var=var, port=port, upstream=upstream, temp=temp, keepalive=keepalive, connection=connection
+        )
         (var / "nginx.conf").write_text(config)
         log = open(var / "nginx.log", "w")
         command = ["nginx", "-c", str(var / "nginx.conf"), "-p", str(var)]
@@ -362,12 +373,26 @@ class Browser:
         if body is not None:
             sent["Content-Type"] = "application/x-www-form-urlencoded"
         sent.update(headers or {})
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
         connection = self.connections.pop(parts.netloc, None)
+        if connection is not None:
+            try:
+                connection.request(method, target, body, sent)
+                res = connection.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # The server closed the kept-alive connection while it was idle (between
+                # phases): a browser sends the request again on a new one, and so does this.
+                connection.close()
+                connection = None
         if connection is None:
             connection = http.client.HTTPConnection(parts.netloc, timeout=timeout)
+            try:
+                connection.request(method, target, body, sent)
+                res = connection.getresponse()
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                raise
         try:
-            connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body, sent)
-            res = connection.getresponse()
             content = res.read()
         except (OSError, http.client.HTTPException):
             connection.close()
@@ -694,6 +719,12 @@ def main() -> None:
         type=int,
         default=0,
         help="pin each gunicorn host to this many cores of its own (0: no pinning)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="gunicorn's gthread workers with this many threads (0: its sync workers, as deploy/run)",
     )
     parser.add_argument(
         "--nginx", action="store_true", help="nginx in front of the hosts, sending the images (needs nginx)"
