@@ -20,18 +20,19 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.core.cache import cache
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
 USER_CACHE_SECONDS = 300
 
 
-def _key(pk) -> str:
+def user_cache_key(pk) -> str:
     return f"auth-user:{pk}"
 
 
 def user_cache_drop(pk) -> None:
     if settings.CACHE_URL:
-        cache.delete(_key(pk))
+        cache.delete(user_cache_key(pk))
 
 
 class CachedUserBackend(ModelBackend):
@@ -40,7 +41,7 @@ class CachedUserBackend(ModelBackend):
     def get_user(self, user_id):
         if not settings.CACHE_URL:
             return super().get_user(user_id)
-        key = _key(user_id)
+        key = user_cache_key(user_id)
         user = cache.get(key)
         if user is None:
             user = super().get_user(user_id)  # None for an unknown or inactive user: not cached
@@ -50,7 +51,11 @@ class CachedUserBackend(ModelBackend):
 
 
 def _dropped(sender, instance, **kwargs):
-    user_cache_drop(instance.pk)
+    pk = instance.pk
+    user_cache_drop(pk)
+    # And again once the change is committed: a request between the save and the commit (the
+    # admin saves inside a transaction) may have read the old row and cached it meanwhile.
+    transaction.on_commit(lambda: user_cache_drop(pk))
 
 
 def connect_signals() -> None:

@@ -151,3 +151,19 @@ def test_with_a_shared_cache_a_new_password_ends_the_other_sessions_at_once(redi
 
     response = client.get(f"/study/{study.pk}/state")
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+@pytest.mark.services
+def test_a_user_cached_again_before_its_save_commits_is_dropped_at_the_commit(
+    redis_sessions, reader, django_capture_on_commit_callbacks
+):
+    from django.core.cache import cache
+
+    from config.auth import user_cache_key
+
+    with django_capture_on_commit_callbacks(execute=True):
+        reader.is_active = False
+        reader.save()  # inside a transaction, as the admin saves
+        # Meanwhile another request, which still sees the committed row, caches it.
+        cache.set(user_cache_key(reader.pk), reader.__class__(pk=reader.pk, username=reader.username))
+    assert cache.get(user_cache_key(reader.pk)) is None
