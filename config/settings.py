@@ -210,9 +210,9 @@ if GENERATION_SILENCE_SECONDS < 4:
 # from it (cached_db: written through to the database, so a cache restart logs nobody out).
 # A logout deletes the session from both, on every server at once; the user of each request
 # is cached there too and dropped whenever it is saved, so a deactivated reader is refused at
-# the next request (config/auth.py). Without CACHE_URL: a cache in
-# each process's memory, and sessions from the database (a per-process cache would not see
-# a logout made through another process).
+# the next request (config/auth.py). Without CACHE_URL: a cache in each process's memory, and
+# sessions from the database (a per-process cache would not see a logout made through another
+# process).
 CACHE_URL = env_str("CACHE_URL", "")
 if CACHE_URL:
     if CACHE_URL.split(":", 1)[0] not in {"redis", "rediss", "unix"}:

@@ -16,9 +16,9 @@ from .models import Answer, Image, Presentation, Study, StudyImage, StudyReader
 READER_DEFERRED = ("audit_report", "preparation_error", "override_reason")
 
 # The lookups that every labelling request makes (the presentation answered or shown, the
-# study, and the reader's state) are written in SQL: the ORM took longer to compile them than the rest of
-# the request, the database included (docs/benchmarks.md, "Labelling at scale"). Tables and
-# columns come from the models, so a renamed field fails the tests, not production.
+# study, and the reader's state) are written in SQL: the ORM took longer to compile them than
+# the rest of the request, the database included (docs/benchmarks.md, "Labelling at scale").
+# Tables and columns come from the models, so a renamed field fails the tests, not production.
 # What the reader's views use of the study and the image; anything else loads when first used.
 _STUDY_FIELDS = ("id", "status", "allow_unsure", "ask_confidence", "allow_back", "time_limit_seconds")
 _IMAGE_FIELDS = ("id", "origin", "file", "source_sha256")
@@ -49,13 +49,16 @@ def _presentation_sql(statuses: int) -> str:
 
 
 def _loaded(model, names, values):
-    """A model instance from some of its columns (booleans as booleans on every database); the
-    others are deferred."""
-    values = [
-        bool(v) if model._meta.get_field(n).get_internal_type() == "BooleanField" else v
-        for n, v in zip(names, values, strict=True)
-    ]
-    return model.from_db(connection.alias, names, values)
+    """A model instance from some of its columns, each value converted as the ORM converts it
+    (booleans and times on SQLite, JSON everywhere); the other columns are deferred."""
+    converted = []
+    for name, value in zip(names, values, strict=True):
+        field = model._meta.get_field(name)
+        column = field.get_col(model._meta.db_table)
+        for converter in connection.ops.get_db_converters(column) + field.get_db_converters(connection):
+            value = converter(value, column, connection)
+        converted.append(value)
+    return model.from_db(connection.alias, names, converted)
 
 
 def presentation_for_reader(*, user, presentation_id, open_only: bool = True) -> Presentation:
