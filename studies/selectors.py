@@ -1,5 +1,6 @@
 """Reads of the studies app. Every reader-facing lookup goes through the scoping helpers here."""
 
+import functools
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
@@ -51,14 +52,24 @@ def _presentation_sql(statuses: int) -> str:
 def _loaded(model, names, values):
     """A model instance from some of its columns, each value converted as the ORM converts it
     (booleans and times on SQLite, JSON everywhere); the other columns are deferred."""
-    converted = []
-    for name, value in zip(names, values, strict=True):
+    converted = list(values)
+    for index, column, converters in _converters(model, tuple(names), connection.vendor):
+        for converter in converters:
+            converted[index] = converter(converted[index], column, connection)
+    return model.from_db(connection.alias, names, converted)
+
+
+@functools.cache
+def _converters(model, names: tuple, vendor: str) -> list:
+    """The columns that need converting, found once per process: on the hot path, only those."""
+    found = []
+    for index, name in enumerate(names):
         field = model._meta.get_field(name)
         column = field.get_col(model._meta.db_table)
-        for converter in connection.ops.get_db_converters(column) + field.get_db_converters(connection):
-            value = converter(value, column, connection)
-        converted.append(value)
-    return model.from_db(connection.alias, names, converted)
+        converters = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
+        if converters:
+            found.append((index, column, converters))
+    return found
 
 
 def presentation_for_reader(*, user, presentation_id, open_only: bool = True) -> Presentation:
