@@ -143,6 +143,11 @@ def test_a_study_lives_its_whole_life_across_hosts_through_faults(
     shares = Counter(generation.images().values_list("provenance__worker", flat=True))
     assert shares["gpu@gpu1"] == killed_at >= 1 and shares["gpu@gpu2"] == SYNTHETIC - killed_at
     assert any((gpu2.folder / "model-cache").iterdir())  # the model came from the store into its own cache
+    # gpu1 was killed mid-batch: files of a batch that it had written but not yet recorded stay in
+    # the store, unreferenced (a killed process cleans nothing up; no reader ever sees them). At
+    # most one batch of them; every other fault, here and below, must leave none.
+    left_by_the_kill = stored_files() - files_with_rows()
+    assert len(left_by_the_kill) <= 2, left_by_the_kill  # the batch size registered above
 
     # 4. Open, then readers label over HTTP at once while a second job generates, through
     # a database outage; every acknowledged answer stored once.
@@ -179,7 +184,8 @@ def test_a_study_lives_its_whole_life_across_hosts_through_faults(
     )
     assert sorted(second.images().values_list("seed", flat=True)) == list(second.seeds)
     assert deployment.wait_healthy(timeout=60)
-    assert stored_files() == files_with_rows()  # no file half-written or written twice and left
+    # No file half-written, or written and left, by the broker, storage and database outages.
+    assert stored_files() - left_by_the_kill == files_with_rows()
 
     # 5. The researcher downloads the results from the web host.
     status, headers, body = admin.get(f"/admin/studies/study/{study.pk}/results/results.zip")
