@@ -165,7 +165,11 @@ class Target:
             OMP_NUM_THREADS="1",
         )
         if args.cache_url:
-            self.env["CACHE_URL"] = args.cache_url
+            # Each tree on a Redis database of its own: the same session keys and user ids in
+            # both would otherwise mix one tree's cached sessions and users into the other's.
+            url = urlparse(args.cache_url)
+            number = int(url.path.strip("/") or 0) + (1 if suffix else 0)
+            self.env["CACHE_URL"] = url._replace(path=f"/{number}").geturl()
         if args.nginx:
             self.env["READER_IMAGE_ACCEL_PREFIX"] = "/protected-media/"
         self.servers: list[subprocess.Popen] = []
@@ -732,7 +736,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=400, help="images in the study: each reader's sequence")
     parser.add_argument("--database", help="database to recreate (default: DATABASE_URL's name + '_bench')")
     parser.add_argument(
-        "--cache-url", default=os.environ.get("CACHE_URL", ""), help="CACHE_URL of the servers"
+        "--cache-url",
+        default=os.environ.get("CACHE_URL", ""),
+        help="CACHE_URL of the servers (the --compare revision gets the next Redis database)",
     )
     parser.add_argument("--compare", metavar="REV", help="also measure this git revision, rounds interleaved")
     parser.add_argument("--json", type=Path, help="also write the results here")

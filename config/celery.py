@@ -11,6 +11,7 @@ import os
 import sys
 
 from celery import Celery
+from celery.signals import celeryd_init
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -87,6 +88,18 @@ def configure(app: Celery) -> None:
 
 app.on_configure.connect(lambda sender, **kwargs: configure(sender), weak=False)
 app.autodiscover_tasks()
+
+
+@celeryd_init.connect
+def check_connections(**kwargs) -> None:
+    """Workers check a kept database connection before each task's first query, whatever
+    DATABASE_CONN_HEALTH_CHECKS says (it is for web processes): a task that failed on a
+    connection the database dropped would fail its job, where a web request is sent again."""
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=False):
+        conn.settings_dict["CONN_HEALTH_CHECKS"] = True
+        conn.health_check_enabled = True
 
 
 def worker_command(*, hostname: str = "", loglevel: str = "INFO", beat: bool = False) -> list[str]:

@@ -69,7 +69,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "csp.middleware.CSPMiddleware",
+    "config.csp.CSPMiddleware",  # django-csp's, with the policy built once
     # Last, as axes requires: turns a locked-out login into the lock-out page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -96,7 +96,10 @@ DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
-        conn_health_checks=True,
+        # Off by default in web processes: a check is a round trip before each request's first
+        # query. A connection the database dropped fails one request (503, which the page sends
+        # again) and is replaced at the next. Celery workers always check (config/celery.py).
+        conn_health_checks=env_bool("DATABASE_CONN_HEALTH_CHECKS", False),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

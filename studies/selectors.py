@@ -210,7 +210,12 @@ def reader_state(*, user, study: Study, at=None) -> ReaderState:
     `at` (a presentation id) is a step back to an answered image, where the study
     allows going back; anything else there is a 404, like every other probe.
     """
-    mine = Presentation.objects.filter(study=study, reader=user)
+
+    # Built only where it is used (a finished reader, a step back): building a queryset costs
+    # more than running the raw query below.
+    def mine():
+        return Presentation.objects.filter(study=study, reader=user)
+
     params = {"study": study.pk, "reader": user.pk}
     pending = list(Presentation.objects.raw(_pending_sql(study.allow_back), params))
     if pending:
@@ -218,7 +223,7 @@ def reader_state(*, user, study: Study, at=None) -> ReaderState:
         total, practice = first.total_count, first.practice_count
         answered, practice_answered = total - first.left_count, practice - first.practice_left
     else:
-        counts = mine.aggregate(total=Count("pk"), practice=Count("pk", filter=Q(is_practice=True)))
+        counts = mine().aggregate(total=Count("pk"), practice=Count("pk", filter=Q(is_practice=True)))
         total, practice = counts["total"], counts["practice"]
         answered, practice_answered = total, practice
     for presentation in pending:
@@ -231,7 +236,7 @@ def reader_state(*, user, study: Study, at=None) -> ReaderState:
         if not study.allow_back:
             raise Http404
         try:
-            back = _with_previous(mine.select_related("answer"), study).get(
+            back = _with_previous(mine().select_related("answer"), study).get(
                 pk=at, answer__isnull=False, is_practice=False
             )
         except (Presentation.DoesNotExist, ValueError, ValidationError):

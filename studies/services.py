@@ -1,8 +1,9 @@
 """Writes of reader studies: readers' sequences and their answers."""
 
+import contextlib
 import secrets
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -88,8 +89,11 @@ def answer_submit(*, presentation: Presentation, label: str, confidence=None, vi
     viewing_ms = _viewing_ms(viewing_ms)
     # The first answer is the common case: insert it straight away; a second one (a retry, a
     # double click, a change) loses to the constraint and is dealt with as a change.
+    # In autocommit the INSERT is its own transaction (BEGIN and COMMIT would be two more round
+    # trips); inside a caller's transaction a savepoint keeps a losing insert from breaking it.
+    first = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     try:
-        with transaction.atomic():
+        with first:
             return Answer.objects.create(
                 presentation=presentation, label=label, confidence=confidence, viewing_ms=viewing_ms
             )

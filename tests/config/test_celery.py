@@ -60,3 +60,17 @@ def test_a_task_of_a_rolled_back_transaction_is_never_sent():
 
 def test_the_broker_is_the_one_the_settings_name():
     assert celery_app.conf.broker_url == settings.CELERY_BROKER_URL
+
+
+def test_workers_check_their_database_connection_before_each_task_web_processes_do_not():
+    from celery.signals import celeryd_init
+    from django.db import connections
+
+    conn = connections["default"]
+    assert conn.settings_dict["CONN_HEALTH_CHECKS"] is False  # the web default (README: DATABASE_CONN_...)
+    saved = conn.settings_dict["CONN_HEALTH_CHECKS"], conn.health_check_enabled
+    try:
+        celeryd_init.send(sender="worker@test", instance=None, conf=celery_app.conf, options={})
+        assert conn.settings_dict["CONN_HEALTH_CHECKS"] is True and conn.health_check_enabled is True
+    finally:
+        conn.settings_dict["CONN_HEALTH_CHECKS"], conn.health_check_enabled = saved

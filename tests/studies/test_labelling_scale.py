@@ -56,6 +56,25 @@ def test_each_labelling_request_costs_a_few_queries_whatever_the_sequence_length
     assert response.json()["current"]["id"] == state["next"]["id"]
 
 
+# As gunicorn runs it, outside any transaction: the insert is its own statement (no BEGIN and
+# COMMIT round trips), and a second one that loses to the constraint leaves the connection usable.
+@pytest.mark.django_db(transaction=True)
+def test_an_answer_outside_a_transaction_is_one_insert_and_a_repeat_changes_nothing(
+    client, reader, django_assert_num_queries
+):
+    study = make_open_study(reader, images=6)
+    client.force_login(reader)
+    state = client.get(f"/study/{study.pk}/state").json()
+    url = f"/p/{state['current']['id']}/answer"
+    with django_assert_num_queries(5) as run:  # session, user, presentation, the insert, the state
+        first = client.post(url, {"label": "real", "viewing_ms": "900"})
+    assert any(query["sql"].startswith("INSERT") for query in run.captured_queries)
+    assert not any("SAVEPOINT" in query["sql"] for query in run.captured_queries)
+    again = client.post(url, {"label": "real", "viewing_ms": "900"})  # the insert loses: a retry
+    assert first.status_code == again.status_code == 200 and first.json() == again.json()
+    assert Answer.objects.filter(presentation_id=state["current"]["id"]).count() == 1
+
+
 def test_going_back_costs_no_query_per_image(client, reader, django_assert_num_queries):
     study = make_open_study(reader, images=6, allow_back=True)
     client.force_login(reader)
