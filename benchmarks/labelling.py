@@ -30,7 +30,10 @@ For the code of the working tree, and with --compare REV for that git revision t
   5. checks afterwards, in the database, that every acknowledged answer is stored once,
      with its label, and nothing else.
 It prints per-request-kind latencies (p50/p95/p99) of the realistic phase, answers/s
-at saturation (median of the rounds) and, with --compare, the ratios round by round.
+at saturation (median of the rounds), the CPU time per answer at saturation of the web
+tier, of PostgreSQL and of the whole machine less the load generator (steadier than
+answers/s on a shared machine: at saturation, answers/s is about the cores over the
+machine's CPU per answer) and, with --compare, the ratios round by round.
 The servers run with DJANGO_ENV=development (production refuses plain HTTP: TLS ends at
 nginx in front of it) and DEBUG off.
 """
@@ -298,16 +301,26 @@ class Target:
                 server.wait()
         self.servers, self.ports = [], []
 
-    def cpu_seconds(self) -> float:
-        """CPU time used so far by the web tier: gunicorn's masters and workers (and nginx's)."""
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far: by the web tier (gunicorn's masters and workers, and nginx's),
+        by PostgreSQL's processes, and by the whole machine (all but idle, I/O wait and steal)."""
         masters = {server.pid for server in self.servers}
-        total = 0
+        web = database = 0
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError):
-                fields = stat.read_text().rsplit(")", 1)[1].split()
+                text = stat.read_text()
+                fields = text.rsplit(")", 1)[1].split()
+                used = int(fields[11]) + int(fields[12])  # utime, stime
                 if int(stat.parent.name) in masters or int(fields[1]) in masters:
-                    total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / os.sysconf("SC_CLK_TCK")
+                    web += used
+                elif text.split("(", 1)[1].startswith("postgres"):
+                    database += used
+        user, nice, system, _idle, _iowait, irq, softirq = map(
+            int, Path("/proc/stat").read_text().split()[1:8]
+        )
+        tick = os.sysconf("SC_CLK_TCK")
+        machine = user + nice + system + irq + softirq
+        return {"web": web / tick, "database": database / tick, "machine": machine / tick}
 
     def stored_answers(self, study: int) -> dict[str, list[str]]:
         conn = psycopg2.connect(self.db_url)
@@ -554,7 +567,7 @@ def drive(readers, *, pace, duration, reload_every, warmup, cpu) -> dict:
     time.sleep(duration)
     run.measuring = False
     elapsed = time.monotonic() - started
-    generator, server = time.process_time() - cpu0, cpu() - server0
+    generator, server = time.process_time() - cpu0, {k: v - server0[k] for k, v in cpu().items()}
     run.stop.set()
     driver.join()
     return {
@@ -562,7 +575,10 @@ def drive(readers, *, pace, duration, reload_every, warmup, cpu) -> dict:
         "times": dict(run.times),
         "errors": sum(reader.errors for reader in readers) - errors,
         "generator_cpu": generator / elapsed,
-        "server_ms_per_answer": 1000 * server / max(run.answers, 1),
+        "server_ms_per_answer": 1000 * server["web"] / max(run.answers, 1),
+        "database_ms_per_answer": 1000 * server["database"] / max(run.answers, 1),
+        # Less the load generator's own CPU: what serving an answer costs the machine.
+        "machine_ms_per_answer": 1000 * (server["machine"] - generator) / max(run.answers, 1),
         "finished_readers": sum(1 for reader in readers if not reader.state["current"]),
     }
 
@@ -651,6 +667,12 @@ class Measured:
                 "rounds": [phase["answers_per_s"] for phase in self.saturation],
                 "answers_per_s": median([phase["answers_per_s"] for phase in self.saturation]),
                 "server_ms_per_answer": median([phase["server_ms_per_answer"] for phase in self.saturation]),
+                "database_ms_per_answer": median(
+                    [phase["database_ms_per_answer"] for phase in self.saturation]
+                ),
+                "machine_ms_per_answer": median(
+                    [phase["machine_ms_per_answer"] for phase in self.saturation]
+                ),
                 "answer_p95": median(
                     [percentile(phase["times"].get("answer", []), 95) for phase in self.saturation]
                 ),
@@ -684,8 +706,9 @@ def print_summary(name: str, result: dict, args) -> None:
         print(
             f"saturation: {args.saturation_readers} readers, {args.rounds} x {args.saturation_duration} s: "
             f"**{s['answers_per_s']:.1f} answers/s** (median; rounds {rounds}), answer p95 "
-            f"{s['answer_p95'] * 1000:.0f} ms, web CPU {s['server_ms_per_answer']:.1f} ms per answer "
-            f"(and its image), {s['errors']} requests sent again, "
+            f"{s['answer_p95'] * 1000:.0f} ms, CPU per answer (and its image): web "
+            f"{s['server_ms_per_answer']:.1f} ms, PostgreSQL {s['database_ms_per_answer']:.1f} ms, "
+            f"machine {s['machine_ms_per_answer']:.1f} ms; {s['errors']} requests sent again, "
             f"load generator at most {s['generator_cpu']:.2f} CPU, "
             f"{s['finished_readers']} readers ran out of images"
         )
@@ -778,8 +801,9 @@ def main() -> None:
         if "saturation" in base:
             pairs = zip(base["saturation"]["rounds"], new["saturation"]["rounds"], strict=True)
             per_round = [n / b for b, n in pairs]
-            cpu = new["saturation"]["server_ms_per_answer"] / base["saturation"]["server_ms_per_answer"]
-            print(f"web CPU per answer: {cpu:.2f}x")
+            for key, what in (("server", "web"), ("database", "PostgreSQL"), ("machine", "machine")):
+                ratio = new["saturation"][f"{key}_ms_per_answer"] / base["saturation"][f"{key}_ms_per_answer"]
+                print(f"{what} CPU per answer: {ratio:.2f}x")
             print(
                 f"saturation answers/s: {median(per_round):.2f}x "
                 f"(median of the rounds' ratios {', '.join(f'{r:.2f}' for r in per_round)})"

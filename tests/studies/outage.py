@@ -11,15 +11,20 @@ import psycopg2
 from django.db import connection
 
 
-def _admin():
+def admin_connection_kwargs() -> dict:
+    """How to reach the `postgres` maintenance database of the test database's server."""
     db = connection.settings_dict
-    admin = psycopg2.connect(
-        host=db["HOST"] or "127.0.0.1",
-        port=db["PORT"] or 5432,
-        user=db["USER"],
-        password=db["PASSWORD"] or None,
-        dbname="postgres",
-    )
+    return {
+        "host": db["HOST"] or "127.0.0.1",
+        "port": db["PORT"] or 5432,
+        "user": db["USER"],
+        "password": db["PASSWORD"] or None,
+        "dbname": "postgres",
+    }
+
+
+def _admin():
+    admin = psycopg2.connect(**admin_connection_kwargs())
     admin.autocommit = True
     return admin
 

@@ -2,12 +2,14 @@
 
 import logging
 
+import psycopg2
 import pytest
+from django.db import connection
 from django.test import Client
 
 from config import outage
 from studies.models import Answer, Presentation
-from tests.studies.outage import database_outage
+from tests.studies.outage import admin_connection_kwargs, database_outage
 from tests.studies.study_fixtures import make_open_study
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
@@ -56,6 +58,27 @@ def test_during_an_outage_the_labelling_requests_answer_503_with_retry_after(rea
     retried = reader_client.post(f"/p/{presentation.pk}/answer", {"label": "real", "viewing_ms": "900"})
     assert retried.status_code == 200
     assert Answer.objects.filter(presentation=presentation).count() == 1
+
+
+def test_a_connection_dropped_while_idle_costs_one_503_and_the_next_request_reconnects(reader_client, reader):
+    """A database restart between requests: web processes do not check their kept connection
+    before each request (DATABASE_CONN_HEALTH_CHECKS off, a round trip saved on every request),
+    so the first request on it fails with 503, which the labelling page sends again."""
+    study = make_open_study(reader, images=4)
+    assert reader_client.get(f"/study/{study.pk}/state").status_code == 200
+    assert connection.connection is not None  # kept between requests (CONN_MAX_AGE)
+    backend = connection.connection.get_backend_pid()
+    admin = psycopg2.connect(**admin_connection_kwargs())
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [backend])  # what a restart does to it
+        admin.commit()
+    finally:
+        admin.close()
+    first = reader_client.get(f"/study/{study.pk}/state")
+    assert first.status_code == 503 and first["Retry-After"] == "2"
+    again = reader_client.get(f"/study/{study.pk}/state")
+    assert again.status_code == 200 and again.json()["current"] is not None
 
 
 def test_an_outage_met_inside_a_view_answers_503_too(client, reader):
