@@ -55,7 +55,7 @@ def test_a_published_style_weights_file_loads_without_torchxrayvision(network, t
     image = np.random.default_rng(1).random((256, 256))
     ours = image_features(extractor, [image])
     with torch.inference_mode():
-        expected = network.embed(features._prepared(image, 224)).double().numpy()
+        expected = network.embed(features._xrv_prepared(image, 224)).double().numpy()
     assert ours.shape == (1, 1024) and np.allclose(ours, expected)
 
 
@@ -109,3 +109,36 @@ def test_features_come_by_batches_with_progress_and_of_the_centre_square(network
     assert np.allclose(rows[0], rows[1]) and not np.allclose(rows[0], rows[2])
     with pytest.raises(ValueError, match="2-D grey images"):
         image_features(extractor, [rng.random((8, 8, 3))])
+
+
+# ---- The FID Inception -------------------------------------------------------------------------
+
+
+def test_the_fid_inception_loads_a_state_dict_and_gives_2048_features(tmp_path):
+    torch.manual_seed(1)
+    network = features.FIDInception()
+    path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(network.state_dict(), path)
+    extractor = features.load_fid_inception(path)
+    assert (extractor.name, extractor.resolution) == ("inception-v3-fid", 299)
+    image = np.random.default_rng(3).random((120, 100))
+    rows = image_features(extractor, [image, image[::-1]])
+    assert rows.shape == (2, 2048) and np.isfinite(rows).all()
+    assert not np.allclose(rows[0], rows[1], rtol=1e-3, atol=0)  # random weights: tiny features
+    # Its input: 8-bit grey levels on three channels, (x - 128) / 128, 299 px.
+    prepared = extractor.prepare(np.full((10, 10), 1.0), 299)
+    assert prepared.shape == (1, 3, 299, 299) and torch.allclose(prepared, torch.tensor(127 / 128))
+
+
+def test_the_fid_inception_refuses_other_weights_and_pickled_code(network, tmp_path):
+    torch.save(network.state_dict(), tmp_path / "densenet.pth")
+    with pytest.raises(WeightsRefused, match="densenet.pth is not the FID Inception-v3"):
+        features.load_fid_inception(tmp_path / "densenet.pth")
+    payload = Payload()
+    payload.target = tmp_path / "ran"
+    torch.save({"fc.weight": payload}, tmp_path / "evil.pth")
+    with pytest.raises(WeightsRefused, match="evil.pth could not be read as a state dict"):
+        features.load_fid_inception(tmp_path / "evil.pth")
+    assert not payload.target.exists()
+    with pytest.raises(WeightsMissing, match="the classic FID is skipped"):
+        features.load_fid_inception(tmp_path / "nowhere.pth")
