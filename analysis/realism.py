@@ -212,23 +212,36 @@ def prdc(real, synthetic, *, k: int = 5) -> PRDC:
 # ---- Nearest neighbours ----------------------------------------------------------------------
 
 
-def nearest_by_cosine(queries, references) -> tuple[np.ndarray, np.ndarray]:
-    """For each query row, the index of its most similar reference row and their cosine
-    similarity, by blocks of matrix products of the unit-length rows."""
+def nearest_by_cosine(queries, references, *, k: int = 1, centre=None) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row, the indices of its `k` most similar reference rows (most similar first)
+    and their cosine similarities, by blocks of matrix products of the unit-length rows.
+    With `centre` (a row), both sides are centred on it first: the cosine of what differs from
+    a typical image (the reference set's mean, say) rather than of what every image shares."""
     queries, references = _pair(queries, references, ("queried", "reference"))
     if not len(references):
         raise ValueError("There is no reference image to compare with.")
+    requested, k = k, min(k, len(references))
+    if centre is not None:
+        queries, references = queries - centre, references - centre
 
     def unit(rows):
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         return rows / np.where(norms == 0, 1, norms)
 
     queries, references = unit(queries), unit(references)
-    index = np.empty(len(queries), dtype=np.int64)
-    similarity = np.empty(len(queries))
+    index = np.empty((len(queries), k), dtype=np.int64)
+    similarity = np.empty((len(queries), k))
     for start in range(0, len(queries), BLOCK):
         block = queries[start : start + BLOCK] @ references.T
-        best = block.argmax(axis=1)
-        index[start : start + BLOCK] = best
-        similarity[start : start + BLOCK] = block[np.arange(len(block)), best]
-    return index, similarity
+        best = (
+            np.argpartition(-block, k - 1, axis=1)[:, :k]
+            if k < block.shape[1]
+            else np.tile(np.arange(block.shape[1]), (len(block), 1))
+        )
+        values = np.take_along_axis(block, best, axis=1)
+        order = np.argsort(-values, axis=1, kind="stable")
+        index[start : start + BLOCK] = np.take_along_axis(best, order, axis=1)
+        similarity[start : start + BLOCK] = np.take_along_axis(values, order, axis=1)
+    if requested == 1:
+        return index[:, 0], similarity[:, 0]
+    return index, similarity  # k columns, fewer where there are fewer references
