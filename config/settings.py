@@ -314,6 +314,14 @@ DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DATA_UPLOAD_MAX_NUMBER_FILES", 1000)
 # worker keeps local copies of those it loads here, checked by hash, the least recently
 # used removed beyond MODEL_CACHE_BYTES (generation/model_cache.py). Local to each host.
 MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(VAR_DIR / "model-cache")))
+
+# Machine measures (generation/features.py): each extractor's weights from a file on this
+# host, never downloaded. A missing file skips that extractor's measures, saying so.
+METRICS_WEIGHTS_DIR = Path(env_str("METRICS_WEIGHTS_DIR", str(VAR_DIR / "metrics-weights")))
+METRICS_XRV_WEIGHTS = env_str("METRICS_XRV_WEIGHTS", str(METRICS_WEIGHTS_DIR / "densenet121-res224-all.pt"))
+METRICS_INCEPTION_WEIGHTS = env_str(
+    "METRICS_INCEPTION_WEIGHTS", str(METRICS_WEIGHTS_DIR / "pt_inception-2015-12-05-6726825d.pth")
+)
 MODEL_CACHE_BYTES = env_int("MODEL_CACHE_BYTES", 100 * 2**30)
 # Pipelines each worker process keeps loaded (least recently used goes first).
 PIPELINE_CACHE_SIZE = env_int("PIPELINE_CACHE_SIZE", 2)

@@ -341,3 +341,36 @@ class TrainingJob(models.Model):
 
     def __str__(self):
         return f"Training {self.name} ({self.method}, {self.steps} steps)"
+
+
+class MeasureJob(models.Model):
+    """Machine measures of a model version's images against reference image sets (real
+    radiographs), computed on a GPU-queue worker (generation/measure_jobs.py)."""
+
+    class Extractor(models.TextChoices):
+        XRV = "xrv-densenet121", "torchxrayvision DenseNet-121 (XRV features)"
+        INCEPTION = "inception-v3-fid", "Inception-v3 (the classic FID)"
+
+    Status = GenerationJob.Status
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="measure_jobs")
+    reference_sets = models.ManyToManyField(
+        "studies.ImageSet", related_name="measure_jobs", help_text="Real radiographs to measure against."
+    )
+    extractors = models.JSONField(
+        default=list, help_text="Extractor names; their weights come from settings."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    done = models.PositiveIntegerField(default=0, help_text="Images through the extractors so far.")
+    total = models.PositiveIntegerField(default=0, help_text="Images to pass through the extractors.")
+    results = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self):
+        return f"Measures of {self.version}"

@@ -41,3 +41,11 @@ def train(job_id: int, attempt: int = 1) -> None:
 
     if training_run(job_id=job_id, attempt=attempt) == "pause":
         train.delay(job_id, attempt)
+
+
+@shared_task
+def measure(job_id: int) -> None:
+    """Compute a measuring job's machine measures (see generation.measure_jobs)."""
+    from .measure_jobs import measure_run  # imports torch: in the worker's child process only
+
+    measure_run(job_id=job_id)

@@ -1,0 +1,88 @@
+"""`python manage.py measure_realism --model NAME --reference-set SET [...] [--extractor E] [--wait]`."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from generation.management.following import job_follow
+from generation.measure_jobs import MeasureRefused, measure_job_create, reference_sets_named
+from generation.models import GenerativeModel, MeasureJob
+
+
+def progress_line(job: MeasureJob, width: int = 30) -> str:
+    filled = int(width * job.done / job.total) if job.total else (width if job.status == "done" else 0)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {job.done}/{job.total} images through the extractors"
+
+
+def summary(results: dict) -> list[str]:
+    """The figures as lines of text, each saying what it was computed on."""
+    lines = [
+        f"{results['n_synthetic']} synthetic images of {results['version']} against {results['n_real']} real "
+        f"({', '.join(results['reference_sets'])})"
+    ]
+    for name, figures in results["extractors"].items():
+        if "skipped" in figures:
+            lines.append(f"{name}: skipped. {figures['skipped']}")
+            continue
+        parts = [f"FD {figures['frechet_distance']:.4g}"] if "frechet_distance" in figures else []
+        if "kid" in figures:
+            parts.append(
+                f"KID {figures['kid']:.4g} "
+                f"(95% of subsets {figures['kid_ci_low']:.3g}..{figures['kid_ci_high']:.3g})"
+            )
+        for key in ("precision", "recall", "density", "coverage"):
+            if key in figures:
+                parts.append(f"{key} {figures[key]:.3f}")
+        lines.append(f"{name} (weights sha256 {figures['weights_sha256'][:12]}): " + ", ".join(parts))
+        lines += [f"  note: {note}" for note in figures["notes"]]
+    for kind, found in results["diversity"].items():
+        value = "n/a" if found["ms_ssim"] is None else f"{found['ms_ssim']:.3f} over {found['n_pairs']} pairs"
+        lines.append(f"diversity (mean MS-SSIM) of the {kind} set: {value}")
+    memorisation = results["memorisation"]
+    for kind in ("training", "reference"):
+        found = memorisation.get(kind)
+        if found and "flagged" in found:
+            lines.append(
+                f"possible copies of {kind} images: {len(found['flagged'])} of {results['n_synthetic']} "
+                f"({found['share_flagged']:.1%}; highest SSIM {found['max_ssim']:.3f})"
+            )
+    if "note" in memorisation:
+        lines.append(f"memorisation: {memorisation['note']}")
+    return lines
+
+
+class Command(BaseCommand):
+    help = (
+        "Compute machine measures (Fréchet distance, KID, precision/recall/density/coverage, "
+        "diversity, memorisation) of a model's images against sets of real radiographs, on a GPU worker."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--model", required=True)
+        parser.add_argument("--reference-set", action="append", required=True, dest="reference_sets")
+        parser.add_argument(
+            "--extractor", action="append", choices=MeasureJob.Extractor.values, dest="extractors"
+        )
+        parser.add_argument(
+            "--wait", action="store_true", help="show progress and the figures; exit 1 if it fails"
+        )
+
+    def handle(self, *args, model, reference_sets, extractors, wait, **options):
+        registered = GenerativeModel.objects.filter(name=model).first()
+        if registered is None:
+            names = ", ".join(GenerativeModel.objects.values_list("name", flat=True)) or "none yet"
+            raise CommandError(f"No model named {model!r} (registered: {names}).")
+        try:
+            job = measure_job_create(
+                version=registered.current_version,
+                reference_sets=reference_sets_named(reference_sets),
+                extractors=extractors,
+            )
+        except MeasureRefused as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"Measure job {job.pk}: {job.version} against {', '.join(reference_sets)}.")
+        if not wait:
+            return
+        job_follow(self, job, line=progress_line)
+        if job.status != MeasureJob.Status.DONE:
+            raise CommandError(f"Measure job {job.pk} {job.status}: {job.error or 'no error recorded'}")
+        for line in summary(job.results):
+            self.stdout.write(line)

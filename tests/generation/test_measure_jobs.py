@@ -1,0 +1,147 @@
+"""Measuring jobs: a model version's images against real image sets, with what a researcher reads back.
+
+The job's body (`measure_run`, what the `measure` task runs on a worker) runs here in the test's
+process: what it computes does not depend on the worker. Extractors have random weights written
+by the test into files named by the settings, the same path that reads published weights.
+"""
+
+import io
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from PIL import Image as PILImage
+
+from generation.features import FIDInception, XRVDenseNet
+from generation.management.commands.measure_realism import summary
+from generation.measure_jobs import MeasureRefused, measure_job_create, measure_run
+from generation.models import GeneratedImage, MeasureJob, TrainingJob
+from studies.images import image_build
+from studies.imaging.decode import Decoded
+from studies.imaging.phantoms import phantom
+from studies.models import Image, ImageSet
+from tests.studies.study_fixtures import fixture_version, make_real_set
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def weights(settings, tmp_path):
+    torch.manual_seed(0)
+    torch.save(XRVDenseNet().state_dict(), tmp_path / "xrv.pt")
+    torch.save(FIDInception().state_dict(), tmp_path / "inception.pth")
+    settings.METRICS_XRV_WEIGHTS = str(tmp_path / "xrv.pt")
+    settings.METRICS_INCEPTION_WEIGHTS = str(tmp_path / "inception.pth")
+    return tmp_path
+
+
+def stored(pixels, *, origin, image_set=None):
+    decoded = Decoded(
+        pixels=pixels, source_format="PNG", width=pixels.shape[1], height=pixels.shape[0], bit_depth=16
+    )
+    image = image_build(
+        decoded=decoded, origin=origin, source_sha256=uuid.uuid4().hex * 2, image_set=image_set
+    )
+    image.save()
+    return image
+
+
+def copied(pixels, seed):
+    """A training image resized, re-encoded as an 8-bit PNG and lightly noised."""
+    small = PILImage.fromarray((pixels * 255).astype(np.uint8)).resize((200, 200), PILImage.BILINEAR)
+    buffer = io.BytesIO()
+    small.save(buffer, "PNG")
+    again = np.asarray(PILImage.open(buffer), dtype=np.float32) / 255
+    return np.clip(again + np.random.default_rng(seed).normal(0, 0.02, again.shape), 0, 1)
+
+
+@pytest.fixture
+def trained_version():
+    """A model trained in the app on 6 phantoms; of its 4 images, 2 are copies of training images."""
+    training_set = ImageSet.objects.create(name="training phantoms")
+    originals = [phantom(seed, 256) for seed in range(6)]
+    training = [stored(p, origin=Image.Origin.REAL, image_set=training_set) for p in originals]
+    version = fixture_version("cxr-trained")
+    job = TrainingJob.objects.create(
+        name="cxr-trained", steps=10, batch_size=2, learning_rate=1e-4, resolution=32, status="done",
+        model=version.model,
+    )  # fmt: skip
+    job.image_sets.set([training_set])
+    made = [copied(originals[2], 1), phantom(200, 256), copied(originals[4], 2), phantom(201, 256)]
+    for seed, pixels in enumerate(made):
+        image = stored(pixels, origin=Image.Origin.SYNTHETIC)
+        GeneratedImage.objects.create(image=image, version=version, seed=seed, used_seed=seed, seconds=0.1)
+    return version, training
+
+
+def test_a_measure_job_computes_every_measure_and_finds_the_copies_of_training_images(
+    weights, trained_version
+):
+    version, training = trained_version
+    reference = make_real_set(6, name="reference phantoms")
+    job = measure_job_create(version=version, reference_sets=[reference])
+    measure_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == "done", job.error
+    assert job.done == job.total == (4 + 6 + 6) * 2  # every image through both extractors
+    results = job.results
+    assert (results["n_synthetic"], results["n_real"], results["n_training"]) == (4, 6, 6)
+    for name, width_resolution in (("xrv-densenet121", 224), ("inception-v3-fid", 299)):
+        figures = results["extractors"][name]
+        assert figures["resolution"] == width_resolution and len(figures["weights_sha256"]) == 64
+        assert figures["frechet_distance"] >= 0 and np.isfinite(figures["kid"])
+        assert "precision" not in figures  # 4 synthetic images: not more than k = 5
+        assert (figures["n_real"], figures["n_synthetic"]) == (6, 4)
+    assert results["diversity"]["synthetic"]["n_pairs"] == 6 and results["diversity"]["real"]["n_pairs"] == 15
+    memorisation = results["memorisation"]
+    assert memorisation["extractor"] == "xrv-densenet121"
+    flagged = {row["image"]: row["nearest_by_ssim"] for row in memorisation["training"]["flagged"]}
+    synthetic = list(Image.objects.filter(generated__version=version).order_by("generated__seed"))
+    assert flagged == {synthetic[0].pk: training[2].pk, synthetic[2].pk: training[4].pk}
+    assert memorisation["training"]["share_flagged"] == 0.5
+    lines = summary(results)
+    assert lines[0] == "4 synthetic images of cxr-trained v1 against 6 real (reference phantoms)"
+    assert any(line.startswith("possible copies of training images: 2 of 4 (50.0%") for line in lines)
+
+
+def test_an_extractor_without_its_weights_file_is_skipped_and_says_so(weights, trained_version, settings):
+    settings.METRICS_INCEPTION_WEIGHTS = str(weights / "absent.pth")
+    version, _ = trained_version
+    job = measure_job_create(version=version, reference_sets=[make_real_set(3)])
+    measure_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == "done" and job.total == (4 + 3 + 6)
+    skipped = job.results["extractors"]["inception-v3-fid"]["skipped"]
+    assert "absent.pth" in skipped and "the classic FID is skipped" in skipped
+    assert "frechet_distance" in job.results["extractors"]["xrv-densenet121"]
+    assert any(line.startswith("inception-v3-fid: skipped.") for line in summary(job.results))
+
+
+def test_what_cannot_be_measured_is_refused_with_the_reason(trained_version):
+    version, _ = trained_version
+    reference = make_real_set(3)
+    with pytest.raises(MeasureRefused, match="Unknown extractor clip"):
+        measure_job_create(version=version, reference_sets=[reference], extractors=["clip"])
+    with pytest.raises(MeasureRefused, match="at least one image set"):
+        measure_job_create(version=version, reference_sets=[])
+    with pytest.raises(MeasureRefused, match="fewer than 2 real images"):
+        measure_job_create(version=version, reference_sets=[make_real_set(1, name="lonely")])
+    with pytest.raises(MeasureRefused, match="fewer than 2 images: generate some first"):
+        measure_job_create(version=fixture_version("empty"), reference_sets=[reference])
+    assert not MeasureJob.objects.exists()
+
+
+def test_the_command_queues_a_job_and_names_what_is_wrong(trained_version, capsys):
+    version, _ = trained_version
+    make_real_set(3, name="refs")
+    call_command("measure_realism", "--model", "cxr-trained", "--reference-set", "refs")
+    job = MeasureJob.objects.get()
+    assert capsys.readouterr().out.strip() == f"Measure job {job.pk}: cxr-trained v1 against refs."
+    assert job.extractors == ["xrv-densenet121", "inception-v3-fid"] and job.status == "queued"
+    with pytest.raises(CommandError, match="No image set named 'nope'"):
+        call_command("measure_realism", "--model", "cxr-trained", "--reference-set", "nope")
+    with pytest.raises(CommandError, match="No model named 'ghost'"):
+        call_command("measure_realism", "--model", "ghost", "--reference-set", "refs")
