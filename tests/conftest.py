@@ -154,6 +154,8 @@ def worker_environment() -> dict[str, str]:
     env["MEDIA_ROOT"] = str(settings.MEDIA_ROOT)
     env["STORAGE_URL"] = settings.STORAGE_URL
     env["MODEL_CACHE_DIR"] = str(settings.MODEL_CACHE_DIR)
+    env["METRICS_XRV_WEIGHTS"] = str(settings.METRICS_XRV_WEIGHTS)
+    env["METRICS_INCEPTION_WEIGHTS"] = str(settings.METRICS_INCEPTION_WEIGHTS)
     return env
 
 

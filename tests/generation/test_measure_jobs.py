@@ -145,3 +145,21 @@ def test_the_command_queues_a_job_and_names_what_is_wrong(trained_version, capsy
         call_command("measure_realism", "--model", "cxr-trained", "--reference-set", "nope")
     with pytest.raises(CommandError, match="No model named 'ghost'"):
         call_command("measure_realism", "--model", "ghost", "--reference-set", "refs")
+
+
+def test_the_command_waits_for_a_real_worker_and_prints_the_figures(weights, trained_version, celery_workers):
+    celery_workers.start()
+    make_real_set(6, name="refs")
+    out = io.StringIO()
+    call_command(
+        "measure_realism", "--model", "cxr-trained", "--reference-set", "refs",
+        "--extractor", "xrv-densenet121", "--wait", stdout=out,
+    )  # fmt: skip
+    job = MeasureJob.objects.get()
+    assert job.status == "done" and job.done == job.total == 4 + 6 + 6
+    printed = out.getvalue().splitlines()
+    assert printed[0] == f"Measure job {job.pk}: cxr-trained v1 against refs."
+    assert "[##############################] 16/16 images through the extractors" in printed
+    sha = job.results["extractors"]["xrv-densenet121"]["weights_sha256"]
+    assert any(line.startswith(f"xrv-densenet121 (weights sha256 {sha[:12]}): FD ") for line in printed)
+    assert any(line.startswith("possible copies of training images: 2 of 4") for line in printed)
