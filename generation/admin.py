@@ -5,9 +5,18 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-from .forms import GenerateForm, GenerativeModelForm
+from .forms import GenerateForm, GenerativeModelForm, MeasureForm
 from .jobs import job_cancel, job_launch, job_progress, job_retry
-from .models import GeneratedImage, GenerationJob, GenerativeModel, ModelVersion, TrainingJob, WorkerReport
+from .measure_jobs import MeasureRefused, measure_job_create
+from .models import (
+    GeneratedImage,
+    GenerationJob,
+    GenerativeModel,
+    MeasureJob,
+    ModelVersion,
+    TrainingJob,
+    WorkerReport,
+)
 from .operations import queue_lengths, workers_now
 from .registry import ModelRefused
 from .services import model_register, model_settings_update, worker_reports_request
@@ -182,6 +191,7 @@ class GenerativeModelAdmin(admin.ModelAdmin):
             path("<int:pk>/generate/", wrap(self.generate_view), name="generation_model_generate"),
             path("train/", wrap(self.train_view), name="generation_model_train"),
             path("<int:pk>/fine-tune/", wrap(self.fine_tune_view), name="generation_model_fine_tune"),
+            path("<int:pk>/measure/", wrap(self.measure_view), name="generation_model_measure"),
             *super().get_urls(),
         ]
 
@@ -219,6 +229,29 @@ class GenerativeModelAdmin(admin.ModelAdmin):
             "title": f"Generate images with {model}",
         }
         return TemplateResponse(request, "admin/generation/generativemodel/generate.html", context)
+
+    def measure_view(self, request, pk):
+        model = get_object_or_404(GenerativeModel, pk=pk)
+        form = MeasureForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                job = measure_job_create(
+                    version=model.current_version,
+                    reference_sets=form.cleaned_data["reference_sets"],
+                    extractors=form.cleaned_data["extractors"],
+                )
+            except MeasureRefused as exc:
+                form.add_error(None, str(exc))
+            else:
+                return redirect("admin:generation_measurejob_change", job.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "form": form,
+            "model": model,
+            "opts": self.model._meta,
+            "title": f"Measure the realism of {model}",
+        }
+        return TemplateResponse(request, "admin/generation/generativemodel/measure.html", context)
 
 
 @admin.register(GenerationJob)
@@ -269,3 +302,50 @@ class GenerationJobAdmin(admin.ModelAdmin):
                 job.images().select_related("image").order_by("seed")[:8] if job.is_preview else []
             )
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
+
+
+@admin.register(MeasureJob)
+class MeasureJobAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "status", "progress", "created", "finished"]
+    list_filter = ["status", "version__model"]
+    fields = ["version", "reference_sets", "extractors", "status", "error", "created", "started", "finished"]
+    readonly_fields = fields
+    change_form_template = "admin/generation/measurejob/change_form.html"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a record of what was computed: shown, never edited
+
+    @admin.display(description="Progress")
+    def progress(self, obj):
+        return format_html(
+            '<progress max="{}" value="{}"></progress> {} / {}', obj.total, obj.done, obj.done, obj.total
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        extra = {"job": job, "report": measure_report(job) if job else None}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
+
+
+def measure_report(job: MeasureJob) -> dict:
+    """What the job's page shows: a row per extractor, the diversity, and each flagged image
+    beside its nearest neighbour."""
+    results = job.results or {}
+    rows = []
+    for name, figures in results.get("extractors", {}).items():
+        rows.append({"name": name, **figures})
+    memorisation = results.get("memorisation", {})
+    pairs = []
+    for kind in ("training", "reference"):
+        for row in (memorisation.get(kind) or {}).get("flagged", []):
+            pairs.append({"kind": kind, **row})
+    return {
+        "extractors": rows,
+        "diversity": results.get("diversity", {}),
+        "memorisation": memorisation,
+        "pairs": pairs,
+        "n": {key: results.get(key) for key in ("n_synthetic", "n_real", "n_training")},
+    }

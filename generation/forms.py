@@ -6,7 +6,7 @@ from django.contrib.admin.widgets import FilteredSelectMultiple
 from studies.models import ImageSet
 from studies.validators import no_formula_start
 
-from .models import GenerativeModel, ModelVersion, TrainingJob
+from .models import GenerativeModel, MeasureJob, ModelVersion, TrainingJob
 from .registry import ModelRefused, inspect_lora, inspect_pipeline
 
 
@@ -170,3 +170,20 @@ class TrainingForm(forms.Form):
             if name in data and data[name] != default:
                 arguments[name] = data[name]
         return arguments
+
+
+class MeasureForm(forms.Form):
+    """*Measure realism*: the model's current version against sets of real radiographs."""
+
+    reference_sets = forms.ModelMultipleChoiceField(
+        queryset=ImageSet.objects.order_by("name"),
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Real radiographs to compare the model's images with (their real images only).",
+    )
+    extractors = forms.MultipleChoiceField(
+        choices=MeasureJob.Extractor.choices,
+        initial=MeasureJob.Extractor.values,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Each reads its weights from a file on the GPU workers (README, METRICS_*); "
+        "one without its file is skipped and says so.",
+    )

@@ -6,75 +6,19 @@ by the test into files named by the settings, the same path that reads published
 """
 
 import io
-import uuid
 
 import numpy as np
 import pytest
-import torch
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from PIL import Image as PILImage
 
-from generation.features import FIDInception, XRVDenseNet
 from generation.management.commands.measure_realism import summary
 from generation.measure_jobs import MeasureRefused, measure_job_create, measure_run
-from generation.models import GeneratedImage, MeasureJob, TrainingJob
-from studies.images import image_build
-from studies.imaging.decode import Decoded
-from studies.imaging.phantoms import phantom
-from studies.models import Image, ImageSet
+from generation.models import MeasureJob
+from studies.models import Image
 from tests.studies.study_fixtures import fixture_version, make_real_set
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def weights(settings, tmp_path):
-    torch.manual_seed(0)
-    torch.save(XRVDenseNet().state_dict(), tmp_path / "xrv.pt")
-    torch.save(FIDInception().state_dict(), tmp_path / "inception.pth")
-    settings.METRICS_XRV_WEIGHTS = str(tmp_path / "xrv.pt")
-    settings.METRICS_INCEPTION_WEIGHTS = str(tmp_path / "inception.pth")
-    return tmp_path
-
-
-def stored(pixels, *, origin, image_set=None):
-    decoded = Decoded(
-        pixels=pixels, source_format="PNG", width=pixels.shape[1], height=pixels.shape[0], bit_depth=16
-    )
-    image = image_build(
-        decoded=decoded, origin=origin, source_sha256=uuid.uuid4().hex * 2, image_set=image_set
-    )
-    image.save()
-    return image
-
-
-def copied(pixels, seed):
-    """A training image resized, re-encoded as an 8-bit PNG and lightly noised."""
-    small = PILImage.fromarray((pixels * 255).astype(np.uint8)).resize((200, 200), PILImage.BILINEAR)
-    buffer = io.BytesIO()
-    small.save(buffer, "PNG")
-    again = np.asarray(PILImage.open(buffer), dtype=np.float32) / 255
-    return np.clip(again + np.random.default_rng(seed).normal(0, 0.02, again.shape), 0, 1)
-
-
-@pytest.fixture
-def trained_version():
-    """A model trained in the app on 6 phantoms; of its 4 images, 2 are copies of training images."""
-    training_set = ImageSet.objects.create(name="training phantoms")
-    originals = [phantom(seed, 256) for seed in range(6)]
-    training = [stored(p, origin=Image.Origin.REAL, image_set=training_set) for p in originals]
-    version = fixture_version("cxr-trained")
-    job = TrainingJob.objects.create(
-        name="cxr-trained", steps=10, batch_size=2, learning_rate=1e-4, resolution=32, status="done",
-        model=version.model,
-    )  # fmt: skip
-    job.image_sets.set([training_set])
-    made = [copied(originals[2], 1), phantom(200, 256), copied(originals[4], 2), phantom(201, 256)]
-    for seed, pixels in enumerate(made):
-        image = stored(pixels, origin=Image.Origin.SYNTHETIC)
-        GeneratedImage.objects.create(image=image, version=version, seed=seed, used_seed=seed, seconds=0.1)
-    return version, training
 
 
 def test_a_measure_job_computes_every_measure_and_finds_the_copies_of_training_images(

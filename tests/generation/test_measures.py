@@ -5,16 +5,13 @@ same inputs; memorisation against planted copies (a training image resized, re-e
 8-bit PNG and lightly noised) and independent phantoms.
 """
 
-import io
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from pytorch_msssim import ms_ssim as published_ms_ssim
 
 from generation import features, measures
 from studies.imaging.phantoms import phantom
+from tests.generation.measure_fixtures import copied
 
 
 class PooledPixels(torch.nn.Module):
@@ -33,15 +30,6 @@ POOLED = features.Extractor(
     resolution=224,
     prepare=features._xrv_prepared,
 )
-
-
-def copied(image, seed):
-    """A training image resized, re-encoded as an 8-bit PNG and lightly noised."""
-    small = Image.fromarray((image * 255).astype(np.uint8)).resize((200, 200), Image.BILINEAR)
-    buffer = io.BytesIO()
-    small.save(buffer, "PNG")
-    pixels = np.asarray(Image.open(buffer), dtype=np.float32) / 255
-    return np.clip(pixels + np.random.default_rng(seed).normal(0, 0.02, pixels.shape), 0, 1)
 
 
 @pytest.fixture(scope="module")

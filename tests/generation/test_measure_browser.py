@@ -1,0 +1,63 @@
+"""Measure realism from the admin, in Chromium: the model's page, the form, the job's page with its figures
+and the flagged copies beside their originals; computed by a real worker."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from generation.models import MeasureJob
+from tests.generation.test_training_admin import admin_log_in
+from tests.studies.study_fixtures import make_real_set
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pytest.mark.services]
+
+
+def test_a_researcher_measures_a_model_and_sees_its_copies_of_training_images(
+    weights,
+    trained_version,
+    tabs,
+    researcher,
+    celery_workers,
+):
+    version, training = trained_version
+    make_real_set(6, name="reference phantoms")
+    celery_workers.start()
+    tab = tabs()
+    admin_log_in(tab)
+    page = tab.page
+    page.goto(f"{tab.base_url}/admin/generation/generativemodel/{version.model.pk}/change/")
+    page.get_by_role("link", name="Measure realism").click()
+    expect(page.get_by_role("heading", name="Measure the realism of cxr-trained")).to_be_visible()
+
+    page.get_by_role("button", name="Measure").click()  # nothing chosen: refused on the form
+    expect(page.get_by_text("This field is required.")).to_have_count(1)
+    assert not MeasureJob.objects.exists()
+
+    page.get_by_label("reference phantoms").check()
+    page.get_by_label("Inception-v3 (the classic FID)").uncheck()
+    page.get_by_role("button", name="Measure").click()
+    job = MeasureJob.objects.get()
+    assert job.extractors == ["xrv-densenet121"] and [s.name for s in job.reference_sets.all()] == [
+        "reference phantoms"
+    ]
+    expect(page).to_have_url(re.compile(rf"/admin/generation/measurejob/{job.pk}/change/$"))
+
+    # The page reloads itself until the worker is done, then shows the figures.
+    expect(page.get_by_role("heading", name="Measures of 4 synthetic images against 6 real")).to_be_visible(
+        timeout=120_000
+    )
+    row = page.get_by_role("row", name=re.compile("^xrv-densenet121"))
+    expect(row).to_contain_text("224 px, weights sha256")
+    # The two copies, each beside its training original and beside the same phantom among the
+    # references (make_real_set draws the same phantoms).
+    expect(page.get_by_role("heading", name="Possible copies (4)")).to_be_visible()
+    pairs = page.locator("figure.copy-pair")
+    expect(pairs).to_have_count(4)
+    for index in range(4):
+        for image in pairs.nth(index).locator("img").all():
+            expect(image).to_have_js_property("complete", True)
+            assert image.evaluate("img => img.naturalWidth") > 0
+    expect(pairs.first).to_contain_text(f"training image {training[2].pk}")
+    job.refresh_from_db()
+    assert job.status == "done" and job.done == job.total == 16
