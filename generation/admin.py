@@ -221,14 +221,7 @@ class GenerativeModelAdmin(admin.ModelAdmin):
                 base_seed=form.cleaned_data["seed"],
             )
             return redirect("admin:generation_generationjob_change", job.pk)
-        context = {
-            **self.admin_site.each_context(request),
-            "form": form,
-            "model": model,
-            "opts": self.model._meta,
-            "title": f"Generate images with {model}",
-        }
-        return TemplateResponse(request, "admin/generation/generativemodel/generate.html", context)
+        return self._model_form_page(request, model, form, f"Generate images with {model}", "generate.html")
 
     def measure_view(self, request, pk):
         model = get_object_or_404(GenerativeModel, pk=pk)
@@ -244,14 +237,18 @@ class GenerativeModelAdmin(admin.ModelAdmin):
                 form.add_error(None, str(exc))
             else:
                 return redirect("admin:generation_measurejob_change", job.pk)
+        return self._model_form_page(request, model, form, f"Measure the realism of {model}", "measure.html")
+
+    def _model_form_page(self, request, model, form, title: str, template: str):
+        """A form about one model, under the admin's header and the model's breadcrumbs."""
         context = {
             **self.admin_site.each_context(request),
             "form": form,
             "model": model,
             "opts": self.model._meta,
-            "title": f"Measure the realism of {model}",
+            "title": title,
         }
-        return TemplateResponse(request, "admin/generation/generativemodel/measure.html", context)
+        return TemplateResponse(request, f"admin/generation/generativemodel/{template}", context)
 
 
 @admin.register(GenerationJob)

@@ -339,17 +339,32 @@ class Extractor:
     prepare: Callable[[np.ndarray, int], torch.Tensor]  # a 2-D image in [0, 1] -> the network's input
 
 
+def _weights(path: Path | str | None, *, what: str, skipped: str) -> tuple[Path, bytes]:
+    """The bytes of a weights file, or WeightsMissing saying what is skipped without it."""
+    if not path or not Path(path).is_file():
+        raise WeightsMissing(f"No weights file for the {what} at {str(path) or '(not set)'}: {skipped}")
+    return Path(path), Path(path).read_bytes()
+
+
+def _extractor(path: Path, data: bytes, model: nn.Module, state, *, is_not: str, **fields) -> Extractor:
+    """The network with the file's weights, every layer present and nothing else, or WeightsRefused."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise WeightsRefused(f"{path.name} is not {is_not}: {first}") from None
+    return Extractor(model=model.eval(), sha256=hashlib.sha256(data).hexdigest(), **fields)
+
+
 def load_xrv_densenet(path: Path | str | None) -> Extractor:
     """torchxrayvision's DenseNet-121 with the weights of a local file: one of its published
     `.pt` files (a pickled model) or a state dict saved with torch.save."""
-    if not path or not Path(path).is_file():
-        raise WeightsMissing(
-            f"No weights file for the chest-radiograph extractor at {str(path) or '(not set)'}: "
-            "the XRV measures are skipped. Put a torchxrayvision DenseNet-121 .pt file there "
-            "(its published densenet121-res224-all.pt, say)."
-        )
-    path = Path(path)
-    data = path.read_bytes()
+    path, data = _weights(
+        path,
+        what="chest-radiograph extractor",
+        skipped="the XRV measures are skipped. Put a torchxrayvision DenseNet-121 .pt file there "
+        "(its published densenet121-res224-all.pt, say).",
+    )
     try:
         loaded = torch.load(
             io.BytesIO(data), map_location="cpu", pickle_module=_restricted, weights_only=False
@@ -361,17 +376,13 @@ def load_xrv_densenet(path: Path | str | None) -> Extractor:
         raise WeightsRefused(f"{path.name} holds neither a model nor a state dict.")
     state = {key: value for key, value in state.items() if key.startswith(("features.", "classifier."))}
     classes = state["classifier.weight"].shape[0] if "classifier.weight" in state else 18
-    model = XRVDenseNet(classes=classes)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise WeightsRefused(f"{path.name} is not a torchxrayvision DenseNet-121: {first}") from None
-    model.eval()
-    return Extractor(
+    return _extractor(
+        path,
+        data,
+        XRVDenseNet(classes=classes),
+        state,
+        is_not="a torchxrayvision DenseNet-121",
         name="xrv-densenet121",
-        model=model,
-        sha256=hashlib.sha256(data).hexdigest(),
         resolution=XRV_RESOLUTION,
         prepare=_xrv_prepared,
     )
@@ -383,28 +394,22 @@ INCEPTION_RESOLUTION = 299
 def load_fid_inception(path: Path | str | None) -> Extractor:
     """The FID Inception-v3 with the weights of a local file: the state dict
     `pt_inception-2015-12-05-6726825d.pth` that pytorch-fid and torch-fidelity use."""
-    if not path or not Path(path).is_file():
-        raise WeightsMissing(
-            f"No weights file for the Inception extractor at {str(path) or '(not set)'}: the classic FID "
-            "is skipped. Put pt_inception-2015-12-05-6726825d.pth there."
-        )
-    path = Path(path)
-    data = path.read_bytes()
+    path, data = _weights(
+        path,
+        what="Inception extractor",
+        skipped="the classic FID is skipped. Put pt_inception-2015-12-05-6726825d.pth there.",
+    )
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # tensors only
     except Exception as exc:
         raise WeightsRefused(f"{path.name} could not be read as a state dict: {exc}") from None
-    model = FIDInception()
-    try:
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).splitlines()[0]
-        raise WeightsRefused(f"{path.name} is not the FID Inception-v3: {first}") from None
-    model.eval()
-    return Extractor(
+    return _extractor(
+        path,
+        data,
+        FIDInception(),
+        state,
+        is_not="the FID Inception-v3",
         name="inception-v3-fid",
-        model=model,
-        sha256=hashlib.sha256(data).hexdigest(),
         resolution=INCEPTION_RESOLUTION,
         prepare=_inception_prepared,
     )

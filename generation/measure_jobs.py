@@ -20,15 +20,16 @@ from PIL import Image as PILImage
 
 from studies.models import Image, ImageSet
 
-from . import measures
-from .features import WeightsMissing, WeightsRefused, load_fid_inception, load_xrv_densenet
 from .models import GeneratedImage, MeasureJob, ModelVersion, TrainingJob
 
 logger = logging.getLogger(__name__)
 
+# Each extractor's loader (in generation/features.py) and the setting naming its weights file.
+# torch and the networks are imported where a job runs, never where one is created: the admin
+# and a worker's parent process (which must not initialise CUDA) import this module too.
 LOADERS = {
-    MeasureJob.Extractor.XRV: (load_xrv_densenet, "METRICS_XRV_WEIGHTS"),
-    MeasureJob.Extractor.INCEPTION: (load_fid_inception, "METRICS_INCEPTION_WEIGHTS"),
+    MeasureJob.Extractor.XRV: ("load_xrv_densenet", "METRICS_XRV_WEIGHTS"),
+    MeasureJob.Extractor.INCEPTION: ("load_fid_inception", "METRICS_INCEPTION_WEIGHTS"),
 }
 
 
@@ -106,6 +107,9 @@ def measure_run(*, job_id: int) -> None:
 
 
 def _measure(job: MeasureJob) -> dict:
+    from . import features as networks
+    from . import measures
+
     version = job.version
     synthetic = list(Image.objects.filter(generated__version=version).order_by("generated__seed"))
     reference_sets = list(job.reference_sets.order_by("name"))
@@ -115,8 +119,8 @@ def _measure(job: MeasureJob) -> dict:
     for name in job.extractors:
         load, setting = LOADERS[name]
         try:
-            extractors.append(load(getattr(settings, setting)))
-        except (WeightsMissing, WeightsRefused) as exc:
+            extractors.append(getattr(networks, load)(getattr(settings, setting)))
+        except (networks.WeightsMissing, networks.WeightsRefused) as exc:
             skipped[name] = str(exc)
     per_extractor = len(synthetic) + len(real) + len(training)
     MeasureJob.objects.filter(pk=job.pk).update(total=per_extractor * len(extractors), done=0)
@@ -154,6 +158,8 @@ def _measure(job: MeasureJob) -> dict:
 def _memorisation(extractors, features, images, synthetic, real, training) -> dict:
     """Nearest neighbours of each synthetic image among the training images and the references,
     on the first extractor that ran (XRV before Inception, as asked)."""
+    from . import measures
+
     thresholds = measures.Thresholds()
     if not extractors:
         return {"note": "No extractor ran (no weights file): nearest neighbours need features."}
