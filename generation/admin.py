@@ -345,4 +345,5 @@ def measure_report(job: MeasureJob) -> dict:
         "memorisation": memorisation,
         "pairs": pairs,
         "n": {key: results.get(key) for key in ("n_synthetic", "n_real", "n_training")},
+        "left_out": results.get("left_out", []),
     }

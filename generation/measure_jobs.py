@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image as PILImage
 
+from config.storage import storage_error_text, storage_errors
 from studies.models import Image, ImageSet
 
 from .models import GeneratedImage, MeasureJob, ModelVersion, TrainingJob
@@ -76,6 +77,21 @@ def image_pixels(image: Image) -> np.ndarray:
     return np.asarray(decoded, dtype=np.float32) / maximum
 
 
+def _readable(images: list[Image], kind: str, left_out: list[str]) -> list[Image]:
+    """The images whose stored file reads as an image; each other one is left out and named
+    (one missing or damaged file does not cost the whole job). Reading a PNG costs little
+    beside passing it through a network, so each is read once here to check it."""
+    kept = []
+    for image in images:
+        try:
+            image_pixels(image)
+        except (ValueError, *storage_errors()) as exc:
+            left_out.append(f"{kind} image {image.pk} left out: {storage_error_text(exc)} ({exc})"[:300])
+        else:
+            kept.append(image)
+    return kept
+
+
 def _loaders(images) -> list:
     return [lambda image=image: image_pixels(image) for image in images]
 
@@ -111,10 +127,19 @@ def _measure(job: MeasureJob) -> dict:
     from . import measures
 
     version = job.version
-    synthetic = list(Image.objects.filter(generated__version=version).order_by("generated__seed"))
+    left_out: list[str] = []
+    synthetic = _readable(
+        list(Image.objects.filter(generated__version=version).order_by("generated__seed")),
+        "synthetic",
+        left_out,
+    )
     reference_sets = list(job.reference_sets.order_by("name"))
-    real = list(Image.objects.filter(image_set__in=reference_sets, origin=Image.Origin.REAL).order_by("pk"))
-    training = _training_images(version)
+    real = _readable(
+        list(Image.objects.filter(image_set__in=reference_sets, origin=Image.Origin.REAL).order_by("pk")),
+        "real",
+        left_out,
+    )
+    training = _readable(_training_images(version), "training", left_out)
     extractors, skipped = [], {}
     for name in job.extractors:
         load, setting = LOADERS[name]
@@ -136,6 +161,7 @@ def _measure(job: MeasureJob) -> dict:
         "n_synthetic": len(synthetic),
         "n_real": len(real),
         "n_training": len(training),
+        "left_out": left_out,
         "extractors": {name: {"skipped": reason} for name, reason in skipped.items()},
     }
     features: dict[str, dict[str, np.ndarray]] = {}

@@ -6,6 +6,7 @@ by the test into files named by the settings, the same path that reads published
 """
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from django.core.management.base import CommandError
 from generation.management.commands.measure_realism import summary
 from generation.measure_jobs import MeasureRefused, measure_job_create, measure_run
 from generation.models import MeasureJob
+from studies.images import file_write
 from studies.models import Image
 from tests.studies.study_fixtures import fixture_version, make_real_set
 
@@ -107,3 +109,29 @@ def test_the_command_waits_for_a_real_worker_and_prints_the_figures(weights, tra
     sha = job.results["extractors"]["xrv-densenet121"]["weights_sha256"]
     assert any(line.startswith(f"xrv-densenet121 (weights sha256 {sha[:12]}): FD ") for line in printed)
     assert any(line.startswith("possible copies of training images: 2 of 4") for line in printed)
+
+
+def test_a_missing_or_damaged_image_is_left_out_and_named_and_the_rest_measured(
+    weights, trained_version, settings
+):
+    settings.METRICS_INCEPTION_WEIGHTS = str(weights / "absent.pth")  # XRV alone: quicker
+    version, _ = trained_version
+    reference = make_real_set(6, name="refs")
+    gone = Image.objects.filter(generated__version=version).order_by("generated__seed").first()
+    gone.file.storage.delete(gone.file.name)
+    damaged = Image.objects.filter(image_set=reference).order_by("pk").first()
+    file_write(damaged.file, b"not a png at all")
+    damaged.save(update_fields=["file"])
+    job = measure_job_create(version=version, reference_sets=[reference])
+    measure_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == "done", job.error
+    results = job.results
+    assert (results["n_synthetic"], results["n_real"], results["n_training"]) == (3, 5, 6)
+    assert results["extractors"]["xrv-densenet121"]["n_synthetic"] == 3
+    notes = results["left_out"]
+    assert len(notes) == 2
+    assert notes[0].startswith(f"synthetic image {gone.pk} left out: ")
+    assert re.search("No such file|does not exist", notes[0])  # a folder's words, or the S3 store's
+    assert notes[1].startswith(f"real image {damaged.pk} left out: UnidentifiedImageError")
+    assert f"note: {notes[0]}" in summary(results)

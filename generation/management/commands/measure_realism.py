@@ -18,6 +18,7 @@ def summary(results: dict) -> list[str]:
         f"{results['n_synthetic']} synthetic images of {results['version']} against {results['n_real']} real "
         f"({', '.join(results['reference_sets'])})"
     ]
+    lines += [f"note: {note}" for note in results.get("left_out", [])]
     for name, figures in results["extractors"].items():
         if "skipped" in figures:
             lines.append(f"{name}: skipped. {figures['skipped']}")
