@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
@@ -19,7 +20,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from config.storage import storage_error_text, storage_errors
-from studies.models import Image, ImageSet
+from studies.models import Image, ImageSet, Study
 
 from .models import GeneratedImage, MeasureJob, ModelVersion, TrainingJob
 
@@ -38,26 +39,46 @@ class MeasureRefused(Exception):
     """What was asked cannot be measured: the reason, for the researcher."""
 
 
-def measure_job_create(*, version: ModelVersion, reference_sets, extractors=None) -> MeasureJob:
+def measure_job_create(
+    *, version: ModelVersion | None = None, study=None, reference_sets=(), extractors=None
+) -> MeasureJob:
+    """Queue the measures of a version's images against reference sets, or of each arm of a
+    study against the study's real images."""
     extractors = list(extractors or MeasureJob.Extractor.values)
     unknown = sorted(set(extractors) - set(MeasureJob.Extractor.values))
     if unknown:
         known = ", ".join(MeasureJob.Extractor.values)
         raise MeasureRefused(f"Unknown extractor {', '.join(unknown)}: choose from {known}.")
     reference_sets = list(reference_sets)
-    if not reference_sets:
-        raise MeasureRefused("Choose at least one image set of real radiographs to measure against.")
-    if GeneratedImage.objects.filter(version=version).count() < 2:
-        raise MeasureRefused(f"{version} has fewer than 2 images: generate some first.")
-    real = Image.objects.filter(image_set__in=reference_sets, origin=Image.Origin.REAL).count()
-    if real < 2:
-        names = ", ".join(s.name for s in reference_sets)
-        raise MeasureRefused(f"The reference sets ({names}) hold fewer than 2 real images.")
+    if study is not None:
+        _study_refusal(study)
+    else:
+        if not reference_sets:
+            raise MeasureRefused("Choose at least one image set of real radiographs to measure against.")
+        if GeneratedImage.objects.filter(version=version).count() < 2:
+            raise MeasureRefused(f"{version} has fewer than 2 images: generate some first.")
+        real = Image.objects.filter(image_set__in=reference_sets, origin=Image.Origin.REAL).count()
+        if real < 2:
+            names = ", ".join(s.name for s in reference_sets)
+            raise MeasureRefused(f"The reference sets ({names}) hold fewer than 2 real images.")
     with transaction.atomic():
-        job = MeasureJob.objects.create(version=version, extractors=extractors)
+        job = MeasureJob.objects.create(version=version, study=study, extractors=extractors)
         job.reference_sets.set(reference_sets)
         transaction.on_commit(lambda: _queue(job.pk))
     return job
+
+
+def _study_refusal(study: Study) -> None:
+    if study.status in (Study.Status.DRAFT, Study.Status.PREPARING):
+        raise MeasureRefused(
+            f"The study is {study.get_status_display().lower()}: its images are drawn when it is "
+            "prepared; measure it once it is ready."
+        )
+    shown = study.images.filter(practice=False)
+    if shown.filter(image__origin=Image.Origin.REAL).count() < 2:
+        raise MeasureRefused("The study shows fewer than 2 real images: there is nothing to measure against.")
+    if not study.arms.exists():
+        raise MeasureRefused("The study has no model arm.")
 
 
 def _queue(job_id: int) -> None:
@@ -105,7 +126,7 @@ def _training_images(version: ModelVersion) -> list[Image]:
 
 
 def measure_run(*, job_id: int) -> None:
-    job = MeasureJob.objects.select_related("version__model").get(pk=job_id)
+    job = MeasureJob.objects.select_related("version__model", "study").get(pk=job_id)
     if job.status not in (MeasureJob.Status.QUEUED, MeasureJob.Status.RUNNING):
         return  # done, failed or cancelled: a second delivery stands down
     MeasureJob.objects.filter(pk=job.pk).update(status=MeasureJob.Status.RUNNING, started=timezone.now())
@@ -122,24 +143,50 @@ def measure_run(*, job_id: int) -> None:
     )
 
 
-def _measure(job: MeasureJob) -> dict:
-    from . import features as networks
-    from . import measures
+@dataclass
+class _Arm:
+    """Synthetic images measured together (a version's, or a study arm's) and the images their
+    model was trained on."""
 
-    version = job.version
-    left_out: list[str] = []
-    synthetic = _readable(
-        list(Image.objects.filter(generated__version=version).order_by("generated__seed")),
-        "synthetic",
-        left_out,
-    )
-    reference_sets = list(job.reference_sets.order_by("name"))
-    real = _readable(
-        list(Image.objects.filter(image_set__in=reference_sets, origin=Image.Origin.REAL).order_by("pk")),
-        "real",
-        left_out,
-    )
-    training = _readable(_training_images(version), "training", left_out)
+    name: str
+    version: ModelVersion
+    synthetic: list[Image]
+    training: list[Image]
+
+
+def _targets(job: MeasureJob, left_out: list[str]) -> tuple[list[Image], list[_Arm]]:
+    """The real images and the arms a job measures, each image checked readable."""
+    if job.study_id is None:
+        version = job.version
+        synthetic = Image.objects.filter(generated__version=version).order_by("generated__seed")
+        real = Image.objects.filter(image_set__in=job.reference_sets.all(), origin=Image.Origin.REAL)
+        wanted = [(str(version.model), version, synthetic)]
+    else:
+        shown = Image.objects.filter(pk__in=job.study.images.filter(practice=False).values("image"))
+        real = shown.filter(origin=Image.Origin.REAL)
+        wanted = [
+            (arm.model.name, arm.version, shown.filter(generated__version__model=arm.model).order_by("pk"))
+            for arm in job.study.arms.select_related("model", "version").order_by("model__name")
+        ]
+    real = _readable(list(real.order_by("pk")), "real", left_out)
+    arms = []
+    for name, version, synthetic in wanted:
+        suffix = "" if job.study_id is None else f" ({name})"
+        arms.append(
+            _Arm(
+                name=name,
+                version=version,
+                synthetic=_readable(list(synthetic), f"synthetic{suffix}", left_out),
+                training=_readable(_training_images(version), f"training{suffix}", left_out),
+            )
+        )
+    return real, arms
+
+
+def _extractors(job: MeasureJob) -> tuple[list, dict[str, str]]:
+    """The extractors whose weights load, and why each other one was skipped."""
+    from . import features as networks
+
     extractors, skipped = [], {}
     for name in job.extractors:
         load, setting = LOADERS[name]
@@ -147,38 +194,70 @@ def _measure(job: MeasureJob) -> dict:
             extractors.append(getattr(networks, load)(getattr(settings, setting)))
         except (networks.WeightsMissing, networks.WeightsRefused) as exc:
             skipped[name] = str(exc)
-    per_extractor = len(synthetic) + len(real) + len(training)
+    return extractors, skipped
+
+
+def _measure(job: MeasureJob) -> dict:
+    """A version's job: {n_synthetic, n_real, n_training, extractors, diversity, memorisation,
+    left_out, ...}. A study's job: the same per arm under "arms", the real images' share once."""
+    from . import measures
+
+    left_out: list[str] = []
+    real, arms = _targets(job, left_out)
+    extractors, skipped = _extractors(job)
+    per_extractor = len(real) + sum(len(arm.synthetic) + len(arm.training) for arm in arms)
     MeasureJob.objects.filter(pk=job.pk).update(total=per_extractor * len(extractors), done=0)
     done = 0
 
     def progress(count):
         MeasureJob.objects.filter(pk=job.pk).update(done=done + count)
 
-    images = {"synthetic": _loaders(synthetic), "real": _loaders(real), "training": _loaders(training)}
-    results: dict = {
-        "version": str(version),
-        "reference_sets": [s.name for s in reference_sets],
-        "n_synthetic": len(synthetic),
-        "n_real": len(real),
-        "n_training": len(training),
-        "left_out": left_out,
-        "extractors": {name: {"skipped": reason} for name, reason in skipped.items()},
-    }
-    features: dict[str, dict[str, np.ndarray]] = {}
+    def features_of(extractor, images):
+        nonlocal done
+        found = measures.features_of(extractor, images, progress=progress)
+        done += len(images)
+        return found
+
+    real_images = _loaders(real)
+    real_features = {}
     for extractor in extractors:
-        features[extractor.name] = {}
-        for kind, loaders in images.items():
-            features[extractor.name][kind] = measures.features_of(extractor, loaders, progress=progress)
-            done += len(loaders)
-        results["extractors"][extractor.name] = measures.feature_measures(
-            features[extractor.name]["real"], features[extractor.name]["synthetic"], extractor
-        )
-    results["diversity"] = {
-        "synthetic": measures.diversity(images["synthetic"]),
-        "real": measures.diversity(images["real"]),
-    }
-    results["memorisation"] = _memorisation(extractors, features, images, synthetic, real, training)
-    return results
+        real_features[extractor.name] = features_of(extractor, real_images)
+    real_diversity = measures.diversity(real_images)
+    measured = {}
+    for arm in arms:
+        images = {
+            "synthetic": _loaders(arm.synthetic),
+            "real": real_images,
+            "training": _loaders(arm.training),
+        }
+        features: dict[str, dict[str, np.ndarray]] = {}
+        found: dict = {
+            "version": str(arm.version),
+            "n_synthetic": len(arm.synthetic),
+            "n_real": len(real),
+            "n_training": len(arm.training),
+            "extractors": {name: {"skipped": reason} for name, reason in skipped.items()},
+        }
+        for extractor in extractors:
+            features[extractor.name] = {
+                "real": real_features[extractor.name],
+                "synthetic": features_of(extractor, images["synthetic"]),
+                "training": features_of(extractor, images["training"]),
+            }
+            found["extractors"][extractor.name] = measures.feature_measures(
+                features[extractor.name]["real"], features[extractor.name]["synthetic"], extractor
+            )
+        found["diversity"] = {"synthetic": measures.diversity(images["synthetic"]), "real": real_diversity}
+        found["memorisation"] = _memorisation(extractors, features, images, arm.synthetic, real, arm.training)
+        measured[arm.name] = found
+    if job.study_id is None:
+        (found,) = measured.values()
+        return {
+            **found,
+            "reference_sets": list(job.reference_sets.order_by("name").values_list("name", flat=True)),
+            "left_out": left_out,
+        }
+    return {"study": job.study.title, "n_real": len(real), "left_out": left_out, "arms": measured}
 
 
 def _memorisation(extractors, features, images, synthetic, real, training) -> dict:

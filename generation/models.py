@@ -353,9 +353,19 @@ class MeasureJob(models.Model):
 
     Status = GenerationJob.Status
 
-    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="measure_jobs")
+    # What is measured: a model version's images against reference sets, or each arm of a
+    # study (its synthetic images of one model) against the study's real images.
+    version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.CASCADE, related_name="measure_jobs"
+    )
+    study = models.ForeignKey(
+        "studies.Study", null=True, blank=True, on_delete=models.CASCADE, related_name="measure_jobs"
+    )
     reference_sets = models.ManyToManyField(
-        "studies.ImageSet", related_name="measure_jobs", help_text="Real radiographs to measure against."
+        "studies.ImageSet",
+        blank=True,
+        related_name="measure_jobs",
+        help_text="Real radiographs to measure a version against (a study's job uses the study's).",
     )
     extractors = models.JSONField(
         default=list, help_text="Extractor names; their weights come from settings."
@@ -368,9 +378,23 @@ class MeasureJob(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
+    attempt = models.PositiveIntegerField(
+        default=1, help_text="Raised by Retry and the sweep: a task of an earlier attempt stands down."
+    )
+    heartbeat = models.DateTimeField(null=True, blank=True, help_text="Last sign of a worker on this job.")
+    resumes = models.PositiveIntegerField(
+        default=0, help_text="Times the sweep sent this job again after its worker fell silent."
+    )
 
     class Meta:
         ordering = ["-created"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(version__isnull=True, study__isnull=False)
+                | Q(version__isnull=False, study__isnull=True),
+                name="measure_job_of_a_version_or_a_study",
+            )
+        ]
 
     def __str__(self):
-        return f"Measures of {self.version}"
+        return f"Measures of {self.study or self.version}"

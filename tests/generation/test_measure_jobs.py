@@ -15,9 +15,10 @@ from django.core.management.base import CommandError
 
 from generation.management.commands.measure_realism import summary
 from generation.measure_jobs import MeasureRefused, measure_job_create, measure_run
-from generation.models import MeasureJob
+from generation.models import GeneratedImage, MeasureJob
 from studies.images import file_write
-from studies.models import Image
+from studies.models import Image, Study, StudyImage, StudyModel
+from tests.generation.measure_fixtures import stored
 from tests.studies.study_fixtures import fixture_version, make_real_set
 
 pytestmark = pytest.mark.django_db
@@ -131,7 +132,97 @@ def test_a_missing_or_damaged_image_is_left_out_and_named_and_the_rest_measured(
     assert results["extractors"]["xrv-densenet121"]["n_synthetic"] == 3
     notes = results["left_out"]
     assert len(notes) == 2
-    assert notes[0].startswith(f"synthetic image {gone.pk} left out: ")
-    assert re.search("No such file|does not exist", notes[0])  # a folder's words, or the S3 store's
-    assert notes[1].startswith(f"real image {damaged.pk} left out: UnidentifiedImageError")
-    assert f"note: {notes[0]}" in summary(results)
+    assert notes[0].startswith(f"real image {damaged.pk} left out: UnidentifiedImageError")
+    assert notes[1].startswith(f"synthetic image {gone.pk} left out: ")
+    assert re.search("No such file|does not exist", notes[1])  # a folder's words, or the S3 store's
+    assert f"note: {notes[1]}" in summary(results)
+
+
+def _study_of(trained_version, *, status="ready"):
+    """A prepared study: 6 real phantoms, the trained model's 4 images (2 copies of its training
+    images, which are the same phantoms as the study's real ones) and 3 noise images of another model."""
+    version, _ = trained_version
+    other = fixture_version("cxr-other")
+    made = []
+    for seed in range(3):
+        noise = np.random.default_rng(seed).random((256, 256), dtype=np.float32)
+        image = stored(noise, origin=Image.Origin.SYNTHETIC)
+        GeneratedImage.objects.create(image=image, version=other, seed=seed, used_seed=seed, seconds=0.1)
+        made.append(image)
+    real = list(Image.objects.filter(image_set=make_real_set(6, name="study phantoms")).order_by("pk"))
+    practice = Image.objects.filter(image_set=make_real_set(1, name="practice")).get()
+    study = Study.objects.create(title="Two arms", status=status)
+    synthetic = list(Image.objects.filter(generated__version=version).order_by("generated__seed"))
+    StudyImage.objects.bulk_create(
+        [StudyImage(study=study, image=image) for image in real + synthetic + made]
+        + [StudyImage(study=study, image=practice, practice=True)]
+    )
+    StudyModel.objects.create(study=study, model=version.model, version=version, count=4)
+    StudyModel.objects.create(study=study, model=other.model, version=other, count=3)
+    return study, real, synthetic
+
+
+def test_a_study_job_measures_each_arm_against_the_studys_real_images(weights, trained_version, settings):
+    settings.METRICS_INCEPTION_WEIGHTS = str(weights / "absent.pth")  # XRV alone: quicker
+    study, real, synthetic = _study_of(trained_version)
+    job = measure_job_create(study=study)
+    measure_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == "done", job.error
+    assert job.total == 6 + (4 + 6) + 3  # the real images pass through the extractor once
+    results = job.results
+    assert (results["study"], results["n_real"], list(results["arms"])) == (
+        "Two arms",
+        6,
+        ["cxr-other", "cxr-trained"],
+    )
+    trained, other = results["arms"]["cxr-trained"], results["arms"]["cxr-other"]
+    assert (trained["n_synthetic"], trained["n_real"], trained["n_training"]) == (4, 6, 6)
+    assert (other["n_synthetic"], other["n_real"], other["n_training"]) == (3, 6, 0)
+    assert trained["version"] == "cxr-trained v1"
+    assert (
+        trained["extractors"]["xrv-densenet121"]["n_real"] == 6
+        and "skipped" in trained["extractors"]["inception-v3-fid"]
+    )
+    assert (
+        trained["diversity"]["real"] == other["diversity"]["real"]
+        and other["diversity"]["synthetic"]["n_pairs"] == 3
+    )
+    # A copy of a training image that is also shown as real: flagged against both.
+    for kind in ("training", "reference"):
+        flagged = {row["image"]: row["nearest_by_ssim"] for row in trained["memorisation"][kind]["flagged"]}
+        assert set(flagged) == {synthetic[0].pk, synthetic[2].pk}
+    reference = {
+        row["image"]: row["nearest_by_ssim"] for row in trained["memorisation"]["reference"]["flagged"]
+    }
+    assert reference == {synthetic[0].pk: real[2].pk, synthetic[2].pk: real[4].pk}
+    assert other["memorisation"]["reference"]["flagged"] == []
+    assert other["memorisation"]["training"]["note"] == "The model was not trained in this app."
+    lines = summary(results)
+    assert lines[0] == "Study 'Two arms': each arm against its 6 real images"
+    assert "Arm cxr-trained: 4 synthetic images of cxr-trained v1" in lines
+    assert "  possible copies of reference images: 2 of 4 (50.0%; highest SSIM" in "\n".join(lines)
+
+
+def test_a_study_is_measured_once_prepared_and_the_command_takes_its_id_or_title(trained_version, capsys):
+    study, _, _ = _study_of(trained_version, status="draft")
+    with pytest.raises(MeasureRefused, match="The study is draft: its images are drawn when it is prepared"):
+        measure_job_create(study=study)
+    with pytest.raises(CommandError, match="The study is draft"):
+        call_command("measure_realism", "--study", str(study.pk))
+    Study.objects.filter(pk=study.pk).update(status="open")
+    call_command("measure_realism", "--study", "Two arms", "--extractor", "xrv-densenet121")
+    job = MeasureJob.objects.get()
+    assert (job.study, job.version, job.extractors) == (study, None, ["xrv-densenet121"])
+    assert (
+        capsys.readouterr().out.strip()
+        == f"Measure job {job.pk}: each arm of Two arms against its real images."
+    )
+    with pytest.raises(CommandError, match="No study with the id or title '999'"):
+        call_command("measure_realism", "--study", "999")
+    with pytest.raises(CommandError, match="against its own real images: drop --reference-set"):
+        call_command("measure_realism", "--study", "Two arms", "--reference-set", "study phantoms")
+    StudyImage.objects.filter(study=study, image__origin="real").exclude(practice=True).delete()
+    study.refresh_from_db()
+    with pytest.raises(MeasureRefused, match="fewer than 2 real images"):
+        measure_job_create(study=study)

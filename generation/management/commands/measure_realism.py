@@ -1,10 +1,11 @@
-"""`python manage.py measure_realism --model NAME --reference-set SET [...] [--extractor E] [--wait]`."""
+"""`python manage.py measure_realism --model NAME --reference-set SET [...] | --study ID [--wait]`."""
 
 from django.core.management.base import BaseCommand, CommandError
 
 from generation.management.following import job_follow
 from generation.measure_jobs import MeasureRefused, measure_job_create, reference_sets_named
 from generation.models import GenerativeModel, MeasureJob
+from studies.models import Study
 
 
 def progress_line(job: MeasureJob, width: int = 30) -> str:
@@ -14,11 +15,23 @@ def progress_line(job: MeasureJob, width: int = 30) -> str:
 
 def summary(results: dict) -> list[str]:
     """The figures as lines of text, each saying what it was computed on."""
+    if "arms" in results:
+        lines = [f"Study {results['study']!r}: each arm against its {results['n_real']} real images"]
+        lines += [f"note: {note}" for note in results.get("left_out", [])]
+        for name, found in results["arms"].items():
+            lines.append(f"Arm {name}: {found['n_synthetic']} synthetic images of {found['version']}")
+            lines += [f"  {line}" for line in arm_summary(found)]
+        return lines
     lines = [
         f"{results['n_synthetic']} synthetic images of {results['version']} against {results['n_real']} real "
         f"({', '.join(results['reference_sets'])})"
     ]
     lines += [f"note: {note}" for note in results.get("left_out", [])]
+    return lines + arm_summary(results)
+
+
+def arm_summary(results: dict) -> list[str]:
+    lines = []
     for name, figures in results["extractors"].items():
         if "skipped" in figures:
             lines.append(f"{name}: skipped. {figures['skipped']}")
@@ -57,8 +70,10 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--model", required=True)
-        parser.add_argument("--reference-set", action="append", required=True, dest="reference_sets")
+        what = parser.add_mutually_exclusive_group(required=True)
+        what.add_argument("--model", help="measure the current version's images (needs --reference-set)")
+        what.add_argument("--study", help="measure each arm of a prepared study (its id or title)")
+        parser.add_argument("--reference-set", action="append", default=[], dest="reference_sets")
         parser.add_argument(
             "--extractor", action="append", choices=MeasureJob.Extractor.values, dest="extractors"
         )
@@ -66,20 +81,25 @@ class Command(BaseCommand):
             "--wait", action="store_true", help="show progress and the figures; exit 1 if it fails"
         )
 
-    def handle(self, *args, model, reference_sets, extractors, wait, **options):
-        registered = GenerativeModel.objects.filter(name=model).first()
-        if registered is None:
-            names = ", ".join(GenerativeModel.objects.values_list("name", flat=True)) or "none yet"
-            raise CommandError(f"No model named {model!r} (registered: {names}).")
+    def handle(self, *args, model, study, reference_sets, extractors, wait, **options):
         try:
-            job = measure_job_create(
-                version=registered.current_version,
-                reference_sets=reference_sets_named(reference_sets),
-                extractors=extractors,
-            )
+            if study is not None:
+                if reference_sets:
+                    raise CommandError(
+                        "A study is measured against its own real images: drop --reference-set."
+                    )
+                found = _study_named(study)
+                job = measure_job_create(study=found, extractors=extractors)
+                self.stdout.write(f"Measure job {job.pk}: each arm of {found} against its real images.")
+            else:
+                job = measure_job_create(
+                    version=_model_named(model).current_version,
+                    reference_sets=reference_sets_named(reference_sets),
+                    extractors=extractors,
+                )
+                self.stdout.write(f"Measure job {job.pk}: {job.version} against {', '.join(reference_sets)}.")
         except MeasureRefused as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(f"Measure job {job.pk}: {job.version} against {', '.join(reference_sets)}.")
         if not wait:
             return
         job_follow(self, job, line=progress_line)
@@ -87,3 +107,19 @@ class Command(BaseCommand):
             raise CommandError(f"Measure job {job.pk} {job.status}: {job.error or 'no error recorded'}")
         for line in summary(job.results):
             self.stdout.write(line)
+
+
+def _model_named(name: str) -> GenerativeModel:
+    registered = GenerativeModel.objects.filter(name=name).first()
+    if registered is None:
+        names = ", ".join(GenerativeModel.objects.values_list("name", flat=True)) or "none yet"
+        raise CommandError(f"No model named {name!r} (registered: {names}).")
+    return registered
+
+
+def _study_named(key: str) -> Study:
+    found = Study.objects.filter(pk=int(key)).first() if key.isdigit() else None
+    found = found or Study.objects.filter(title=key).first()
+    if found is None:
+        raise CommandError(f"No study with the id or title {key!r}.")
+    return found
