@@ -304,8 +304,18 @@ class GenerationJobAdmin(admin.ModelAdmin):
 @admin.register(MeasureJob)
 class MeasureJobAdmin(admin.ModelAdmin):
     list_display = ["__str__", "status", "progress", "created", "finished"]
-    list_filter = ["status", "version__model"]
-    fields = ["version", "reference_sets", "extractors", "status", "error", "created", "started", "finished"]
+    list_filter = ["status", "version__model", "study"]
+    fields = [
+        "version",
+        "study",
+        "reference_sets",
+        "extractors",
+        "status",
+        "error",
+        "created",
+        "started",
+        "finished",
+    ]
     readonly_fields = fields
     change_form_template = "admin/generation/measurejob/change_form.html"
 
@@ -328,9 +338,18 @@ class MeasureJobAdmin(admin.ModelAdmin):
 
 
 def measure_report(job: MeasureJob) -> dict:
-    """What the job's page shows: a row per extractor, the diversity, and each flagged image
-    beside its nearest neighbour."""
+    """What the job's page shows, per arm (a version's job has one): a row per extractor, the
+    diversity, and each flagged image beside its nearest neighbour."""
     results = job.results or {}
+    arms = results["arms"].items() if "arms" in results else [("", results)]
+    return {
+        "arms": [{"name": name, **_arm_report(found)} for name, found in arms],
+        "left_out": results.get("left_out", []),
+        "n_real": results.get("n_real"),
+    }
+
+
+def _arm_report(results: dict) -> dict:
     rows = []
     for name, figures in results.get("extractors", {}).items():
         rows.append({"name": name, **figures})
@@ -345,5 +364,4 @@ def measure_report(job: MeasureJob) -> dict:
         "memorisation": memorisation,
         "pairs": pairs,
         "n": {key: results.get(key) for key in ("n_synthetic", "n_real", "n_training")},
-        "left_out": results.get("left_out", []),
     }

@@ -307,3 +307,62 @@ def reference_sets_named(names) -> list[ImageSet]:
     if missing:
         raise MeasureRefused(f"No image set named {', '.join(repr(n) for n in missing)}.")
     return [found[name] for name in names]
+
+
+def _arms_of(job: MeasureJob) -> list[tuple[str, dict]]:
+    results = job.results or {}
+    if "arms" in results:
+        return list(results["arms"].items())
+    return [(job.version.model.name, results)] if results else []
+
+
+def latest_study_measures(study: Study) -> MeasureJob | None:
+    """The study's latest finished measure job, if any."""
+    return study.measure_jobs.filter(status=MeasureJob.Status.DONE).order_by("-finished", "-pk").first()
+
+
+def flagged_copies(study: Study) -> list[dict]:
+    """The study's synthetic images (practice too) that a finished measure job flagged as possible
+    copies of a real radiograph: the study's latest job, and the latest of each arm's version.
+    One row per image and kind of neighbour (a training image, a reference image)."""
+    shown = dict(
+        study.images.filter(image__origin=Image.Origin.SYNTHETIC).values_list("image_id", "practice")
+    )
+    if not shown:
+        return []
+    done = MeasureJob.objects.filter(status=MeasureJob.Status.DONE).select_related("version__model")
+    jobs = [latest_study_measures(study)]
+    for version_id in study.arms.exclude(version=None).values_list("version", flat=True):
+        jobs.append(done.filter(version_id=version_id).order_by("-finished", "-pk").first())
+    found: dict[tuple[int, str], dict] = {}
+    for job in filter(None, jobs):
+        for model, arm in _arms_of(job):
+            for kind in ("training", "reference"):
+                for row in ((arm.get("memorisation") or {}).get(kind) or {}).get("flagged", []):
+                    if row["image"] in shown and (row["image"], kind) not in found:
+                        found[(row["image"], kind)] = {
+                            "image": row["image"],
+                            "practice": shown[row["image"]],
+                            "model": model,
+                            "kind": kind,
+                            "neighbour": row["nearest_by_ssim"],
+                            "ssim": row["ssim"],
+                            "cosine": row["cosine"],
+                            "job": job.pk,
+                        }
+    return sorted(found.values(), key=lambda row: (row["image"], row["kind"]))
+
+
+def copy_problems(rows: list[dict]) -> list[str]:
+    """The audit's warning for flagged copies, naming the images and the jobs that flagged them."""
+    images = sorted({row["image"] for row in rows})
+    if not images:
+        return []
+    n, s = len(images), "s" if len(images) != 1 else ""
+    named = ", ".join(map(str, images[:10])) + (f" and {n - 10} more" if n > 10 else "")
+    jobs = ", ".join(str(job) for job in sorted({row["job"] for row in rows}))
+    return [
+        f"{n} synthetic image{s} of the study (image{s} {named}) flagged as possible copies of real "
+        f"radiographs by measure job {jobs}: a copy of a real image is real to a reader, and may show "
+        "a patient; judge each pair on the measure job's page"
+    ]

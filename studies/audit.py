@@ -119,6 +119,8 @@ class AuditReport:
     overlaps: list[dict] = field(default_factory=list)
     # Real images that a model under study was trained on (filled in by the study's audit).
     trained_on: list[dict] = field(default_factory=list)
+    # Synthetic images a measure job flagged as possible copies of real ones (the study's audit).
+    possible_copies: list[dict] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:

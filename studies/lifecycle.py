@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image as PILImage
 
+from generation.measure_jobs import copy_problems, flagged_copies
 from generation.models import GenerationJob, ModelVersion
 
 from .blinding import (
@@ -305,7 +306,8 @@ def study_audit(study: Study):
     It also reports the study's images that are practice in one study and scored in
     another (readers of both would be told the truth of what they score), and its real
     images that a model under study was trained on (readers would compare a patient
-    with the model's copy of them).
+    with the model's copy of them), and its synthetic images that a measure job flagged as
+    possible copies of real radiographs (generation/measure_jobs.py).
     """
     from .audit import audit
 
@@ -326,6 +328,8 @@ def study_audit(study: Study):
     found = training_overlaps(study)
     report.trained_on = [overlap.as_dict() for overlap in found]
     report.problems += training_problems(study, found)
+    report.possible_copies = flagged_copies(study)
+    report.problems += copy_problems(report.possible_copies)
     return report
 
 

@@ -12,6 +12,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
+from generation.measure_jobs import MeasureRefused, measure_job_create
+
 from ..lifecycle import (
     StudyRefused,
     preparation_error,
@@ -164,6 +166,7 @@ class StudyAdmin(admin.ModelAdmin):
             view(self.open_view, "open"),
             view(self.close_view, "close"),
             view(self.audit_view, "audit"),
+            view(self.measure_view, "measure"),
             view(self.readers_view, "readers", post=False),
             view(self.link_view, "link"),
             view(self.remove_reader_view, "remove-reader"),
@@ -232,6 +235,16 @@ class StudyAdmin(admin.ModelAdmin):
         return self._step(
             request, pk, lambda s: study_audit_store(study=s), "The blinding audit was run again."
         )
+
+    def measure_view(self, request, pk):
+        """Queue the machine measures of each arm against the study's real images."""
+        study = self._study(request, pk)
+        try:
+            job = measure_job_create(study=study)
+        except MeasureRefused as exc:
+            messages.error(request, str(exc))
+            return redirect("admin:studies_study_change", pk)
+        return redirect("admin:generation_measurejob_change", job.pk)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         self._visible_or_404(request)
@@ -372,6 +385,7 @@ def _lifecycle_context(study: Study) -> dict:
         "progress": study_progress(study),
         "readers_url": reverse("admin:studies_study_readers", args=[study.pk]),
         "presentations": Presentation.objects.filter(study=study).count(),
+        "measure_job": study.measure_jobs.order_by("-created").first(),
     }
 
 

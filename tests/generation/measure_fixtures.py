@@ -1,4 +1,4 @@
-"""Images and weights for the machine measures' tests: planted copies, stored images, random weights."""
+"""Images for the machine measures' tests: planted copies, stored images, a study with copies."""
 
 import io
 import uuid
@@ -6,8 +6,11 @@ import uuid
 import numpy as np
 from PIL import Image as PILImage
 
+from generation.models import GeneratedImage
 from studies.images import image_build
 from studies.imaging.decode import Decoded
+from studies.models import Image, Study, StudyImage, StudyModel
+from tests.studies.study_fixtures import fixture_version, make_real_set
 
 
 def copied(pixels, seed):
@@ -29,3 +32,27 @@ def stored(pixels, *, origin, image_set=None):
     )
     image.save()
     return image
+
+
+def study_with_copies(trained_version, *, status="ready"):
+    """A prepared study: 6 real phantoms, the trained model's 4 images (2 copies of its training
+    images, which are the same phantoms as the study's real ones) and 3 noise images of another model."""
+    version, _ = trained_version
+    other = fixture_version("cxr-other")
+    made = []
+    for seed in range(3):
+        noise = np.random.default_rng(seed).random((256, 256), dtype=np.float32)
+        image = stored(noise, origin=Image.Origin.SYNTHETIC)
+        GeneratedImage.objects.create(image=image, version=other, seed=seed, used_seed=seed, seconds=0.1)
+        made.append(image)
+    real = list(Image.objects.filter(image_set=make_real_set(6, name="study phantoms")).order_by("pk"))
+    practice = Image.objects.filter(image_set=make_real_set(1, name="practice")).get()
+    study = Study.objects.create(title="Two arms", status=status)
+    synthetic = list(Image.objects.filter(generated__version=version).order_by("generated__seed"))
+    StudyImage.objects.bulk_create(
+        [StudyImage(study=study, image=image) for image in real + synthetic + made]
+        + [StudyImage(study=study, image=practice, practice=True)]
+    )
+    StudyModel.objects.create(study=study, model=version.model, version=version, count=4)
+    StudyModel.objects.create(study=study, model=other.model, version=other, count=3)
+    return study, real, synthetic

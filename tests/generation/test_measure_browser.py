@@ -7,6 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from generation.models import MeasureJob
+from tests.generation.measure_fixtures import study_with_copies
 from tests.generation.test_training_admin import admin_log_in
 from tests.studies.study_fixtures import make_real_set
 
@@ -61,3 +62,49 @@ def test_a_researcher_measures_a_model_and_sees_its_copies_of_training_images(
     expect(pairs.first).to_contain_text(f"training image {training[2].pk}")
     job.refresh_from_db()
     assert job.status == "done" and job.done == job.total == 16
+
+
+def test_a_researcher_measures_a_study_and_its_copies_then_warn_at_open(
+    weights, trained_version, tabs, researcher, celery_workers, settings
+):
+    settings.METRICS_INCEPTION_WEIGHTS = str(weights / "absent.pth")  # XRV alone: quicker
+    study, real, synthetic = study_with_copies(trained_version)
+    celery_workers.start()
+    tab = tabs()
+    admin_log_in(tab)
+    page = tab.page
+    page.goto(f"{tab.base_url}/admin/studies/study/{study.pk}/change/")
+    page.get_by_role("button", name="Measure realism").click()
+    job = MeasureJob.objects.get()
+    assert (job.study, job.version) == (study, None)
+    expect(page).to_have_url(re.compile(rf"/admin/generation/measurejob/{job.pk}/change/$"))
+    expect(
+        page.get_by_role("heading", name="Arm cxr-trained: Measures of 4 synthetic images against 6 real")
+    ).to_be_visible(timeout=120_000)
+    expect(
+        page.get_by_role("heading", name="Arm cxr-other: Measures of 3 synthetic images against 6 real")
+    ).to_be_visible()
+    expect(page.get_by_role("heading", name="Possible copies in cxr-trained (4)")).to_be_visible()
+    expect(page.locator("figure.copy-pair")).to_have_count(4)
+
+    # Back on the study: the audit, run again, lists the flagged images; opening needs a reason.
+    page.goto(f"{tab.base_url}/admin/studies/study/{study.pk}/change/")
+    expect(page.get_by_text(f"Latest: measure job {job.pk}, done")).to_be_visible()
+    page.get_by_role("button", name="Run the audit again").click()
+    table = page.get_by_role("table", name="Synthetic images flagged as possible copies of real radiographs")
+    expect(table.locator("tbody tr")).to_have_count(4)
+    expect(table).to_contain_text(f"{real[2].pk} (reference)")
+    expect(
+        page.get_by_text(re.compile(r"2 synthetic images of the study \(images \d+, \d+\) flagged"))
+    ).to_be_visible()
+    page.get_by_label("The audit warns. To open anyway, give a reason").fill(
+        "Copies judged different by hand"
+    )
+    page.get_by_role("button", name="Open anyway").click()
+    expect(page.get_by_text("The study is open: its readers can start.")).to_be_visible()
+    study.refresh_from_db()
+    assert study.status == "open" and study.override_reason == "Copies judged different by hand"
+    flagged = {(row["image"], row["kind"]) for row in study.audit_report["possible_copies"]}
+    assert flagged == {
+        (image.pk, kind) for image in (synthetic[0], synthetic[2]) for kind in ("training", "reference")
+    }

@@ -15,10 +15,10 @@ from django.core.management.base import CommandError
 
 from generation.management.commands.measure_realism import summary
 from generation.measure_jobs import MeasureRefused, measure_job_create, measure_run
-from generation.models import GeneratedImage, MeasureJob
+from generation.models import MeasureJob
 from studies.images import file_write
-from studies.models import Image, Study, StudyImage, StudyModel
-from tests.generation.measure_fixtures import stored
+from studies.models import Image, Study, StudyImage
+from tests.generation.measure_fixtures import study_with_copies
 from tests.studies.study_fixtures import fixture_version, make_real_set
 
 pytestmark = pytest.mark.django_db
@@ -138,33 +138,9 @@ def test_a_missing_or_damaged_image_is_left_out_and_named_and_the_rest_measured(
     assert f"note: {notes[1]}" in summary(results)
 
 
-def _study_of(trained_version, *, status="ready"):
-    """A prepared study: 6 real phantoms, the trained model's 4 images (2 copies of its training
-    images, which are the same phantoms as the study's real ones) and 3 noise images of another model."""
-    version, _ = trained_version
-    other = fixture_version("cxr-other")
-    made = []
-    for seed in range(3):
-        noise = np.random.default_rng(seed).random((256, 256), dtype=np.float32)
-        image = stored(noise, origin=Image.Origin.SYNTHETIC)
-        GeneratedImage.objects.create(image=image, version=other, seed=seed, used_seed=seed, seconds=0.1)
-        made.append(image)
-    real = list(Image.objects.filter(image_set=make_real_set(6, name="study phantoms")).order_by("pk"))
-    practice = Image.objects.filter(image_set=make_real_set(1, name="practice")).get()
-    study = Study.objects.create(title="Two arms", status=status)
-    synthetic = list(Image.objects.filter(generated__version=version).order_by("generated__seed"))
-    StudyImage.objects.bulk_create(
-        [StudyImage(study=study, image=image) for image in real + synthetic + made]
-        + [StudyImage(study=study, image=practice, practice=True)]
-    )
-    StudyModel.objects.create(study=study, model=version.model, version=version, count=4)
-    StudyModel.objects.create(study=study, model=other.model, version=other, count=3)
-    return study, real, synthetic
-
-
 def test_a_study_job_measures_each_arm_against_the_studys_real_images(weights, trained_version, settings):
     settings.METRICS_INCEPTION_WEIGHTS = str(weights / "absent.pth")  # XRV alone: quicker
-    study, real, synthetic = _study_of(trained_version)
+    study, real, synthetic = study_with_copies(trained_version)
     job = measure_job_create(study=study)
     measure_run(job_id=job.pk)
     job.refresh_from_db()
@@ -205,7 +181,7 @@ def test_a_study_job_measures_each_arm_against_the_studys_real_images(weights, t
 
 
 def test_a_study_is_measured_once_prepared_and_the_command_takes_its_id_or_title(trained_version, capsys):
-    study, _, _ = _study_of(trained_version, status="draft")
+    study, _, _ = study_with_copies(trained_version, status="draft")
     with pytest.raises(MeasureRefused, match="The study is draft: its images are drawn when it is prepared"):
         measure_job_create(study=study)
     with pytest.raises(CommandError, match="The study is draft"):

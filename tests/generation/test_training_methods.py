@@ -425,7 +425,5 @@ def test_an_unconditional_job_with_ema_and_min_snr_previews_and_registers_its_av
     saved = stored_tensors(job.model.digest, "unet/diffusion_pytorch_model.safetensors")
     assert all(torch.equal(saved[name], tensor) for name, tensor in straight.unet.state_dict().items())
     # The average, not the last weights: without EMA the same run ends elsewhere.
-    plain = training_loop(
-        params=replace(params, ema=False), images=images, checkpoints="plain", until=3
-    )
+    plain = training_loop(params=replace(params, ema=False), images=images, checkpoints="plain", until=3)
     assert any(not torch.equal(saved[name], tensor) for name, tensor in plain.unet.state_dict().items())

@@ -72,9 +72,7 @@ def test_a_killed_pool_process_and_a_killed_worker_both_resume_exactly(celery_wo
     folder = job_folder(job)
 
     def checkpointed(step: int):
-        return lambda: (
-            (latest := checkpoint_latest(folder)) and checkpoint_step(latest) >= step
-        )
+        return lambda: (latest := checkpoint_latest(folder)) and checkpoint_step(latest) >= step
 
     wait_until(checkpointed(20), timeout=180, what="a checkpoint at step 20")
     children = pool_children(worker)
