@@ -100,6 +100,33 @@ def _free_text(text) -> str:
     return re.sub(r"[,\r\n\t]+", " ", str(text))
 
 
+# metrics.csv: one row per figure of a machine measure of an arm, with the readers' figures of
+# that arm beside it (docs/analysis.md, "Machine measures"). Written from a measure job's
+# results, not from answers.csv alone: `python -m analysis` cannot remake it.
+METRICS_COLUMNS = [
+    "model",
+    "measure",
+    "extractor",
+    "value",
+    "ci_low",
+    "ci_high",
+    "k",
+    "weights_sha256",
+    "resolution",
+    "n_synthetic",
+    "n_real",
+    "fool_rate",
+    "accuracy",
+    "auc",
+    "note",
+    "measure_job",
+]
+
+
+def metrics_csv(rows: list[dict]) -> str:
+    return _table(METRICS_COLUMNS, [{column: row.get(column) for column in METRICS_COLUMNS} for row in rows])
+
+
 def result_files(reads: Reads, summary: Summary) -> dict[str, str]:
     """File name -> text of every result file but answers.csv."""
     files = {"summary.csv": summary_csv(summary), "cohen_kappa.csv": cohen_csv(summary)}

@@ -245,3 +245,50 @@ def nearest_by_cosine(queries, references, *, k: int = 1, centre=None) -> tuple[
     if requested == 1:
         return index[:, 0], similarity[:, 0]
     return index, similarity  # k columns, fewer where there are fewer references
+
+
+# ---- Rank correlation across arms ------------------------------------------------------------
+
+EXACT_UP_TO = 8  # arms: every permutation (8! = 40,320) is enumerated up to this many
+
+
+@dataclass(frozen=True)
+class Spearman:
+    rho: float
+    p: float  # two-sided, against no association
+    n: int
+    method: str  # "exact permutation" or "t approximation"
+
+
+def spearman(x, y) -> Spearman:
+    """Spearman's rank correlation of paired values (ties get average ranks), with its two-sided p.
+
+    Up to EXACT_UP_TO pairs, p is exact: the share of the n! orderings of y's ranks whose |rho|
+    reaches the observed one (ties included). Beyond, the t approximation
+    t = rho sqrt((n - 2) / (1 - rho^2)) on n - 2 degrees of freedom (as scipy.stats.spearmanr).
+    """
+    from itertools import permutations
+
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError("Spearman's rho needs two equally long lists of values.")
+    n = len(x)
+    if n < 3:
+        raise ValueError(f"Spearman's rho needs at least 3 pairs, not {n}.")
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    if rx.std() == 0 or ry.std() == 0:
+        raise ValueError("Spearman's rho is undefined when every value of one list is the same.")
+    cx, cy = rx - rx.mean(), ry - ry.mean()
+    scale = np.sqrt((cx**2).sum() * (cy**2).sum())
+    rho = float(cx @ cy / scale)
+    if n <= EXACT_UP_TO:
+        orderings = np.array(list(permutations(cy)))
+        every = np.abs(orderings @ cx / scale)
+        p = float(np.mean(every >= abs(rho) - 1e-12))
+        return Spearman(rho=rho, p=p, n=n, method="exact permutation")
+    if abs(rho) >= 1.0:
+        return Spearman(rho=rho, p=0.0, n=n, method="t approximation")
+    t = rho * np.sqrt((n - 2) / (1 - rho**2))
+    return Spearman(rho=rho, p=float(2 * stats.t.sf(abs(t), n - 2)), n=n, method="t approximation")

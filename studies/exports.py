@@ -15,7 +15,7 @@ from pathlib import Path
 from django.db import connection, transaction
 from django.db.models import Count
 
-from analysis.files import result_files
+from analysis.files import metrics_csv, result_files
 from analysis.reads import ReadsBuilder, answers_csv_chunks
 from analysis.summary import DEFAULT_REPLICATES, DEFAULT_SEED, summarize
 
@@ -111,26 +111,53 @@ def tee(rows, builder: ReadsBuilder, *, progress=None, total: int = 0, every: in
         progress(count, count, "answers.csv")
 
 
-def readme_text(study: Study, *, models: list[str], replicates: int, seed: int) -> str:
+def readme_text(
+    study: Study, *, models: list[str], replicates: int, seed: int, with_metrics: bool = False
+) -> str:
     """How the files were made and how to make them again from answers.csv alone."""
     declared = "".join(f" --model={shlex.quote(name)}" for name in models)
+    metrics = (
+        "metrics.csv holds the machine measures of each arm (from the study's latest measure job, "
+        "named in its measure_job column) beside the readers' fool rate, accuracy and AUC; it is "
+        "not remade from answers.csv.\n"
+        if with_metrics
+        else ""
+    )
     return (
         f"Results of the reader study {study.title!r} (id {study.pk}), status {study.status}.\n"
         "Files: answers.csv (one row per read), summary.csv, cohen_kappa.csv and one imrmc_<model>.csv "
         "per arm; the columns are described in the spec of the analysis (analysis.md).\n"
+        f"{metrics}"
         f"Bootstrap: B = {replicates}, seed = {seed}.\n"
-        "To recompute every file but answers.csv from answers.csv alone (no database):\n"
+        f"To recompute every file but answers.csv{' and metrics.csv' if with_metrics else ''} "
+        "from answers.csv alone (no database):\n"
         f"  python -m analysis answers.csv --out DIR --bootstrap {replicates} --seed {seed}{declared}\n"
         "(or: python manage.py analyze_csv with the same arguments).\n"
     )
 
 
+def metrics_text(study: Study, summary) -> str | None:
+    """metrics.csv, from the study's latest finished measure job; None when it has none."""
+    from generation.measure_jobs import latest_study_measures
+
+    from .measures import metric_rows
+
+    job = latest_study_measures(study)
+    return None if job is None else metrics_csv(metric_rows(job, summary))
+
+
 def _result_texts(study: Study, reads, *, replicates: int, seed: int, progress=None) -> dict[str, str]:
-    """Every file but answers.csv, from the reads that answers.csv holds, and the README."""
+    """Every file but answers.csv, from the reads that answers.csv holds, metrics.csv from the
+    latest measure job, and the README."""
     models = study_arms(study)
     summary = summarize(reads, models=models, replicates=replicates, seed=seed, progress=progress)
     files = result_files(reads, summary)
-    files["README.txt"] = readme_text(study, models=models, replicates=replicates, seed=seed)
+    metrics = metrics_text(study, summary)
+    if metrics is not None:
+        files["metrics.csv"] = metrics
+    files["README.txt"] = readme_text(
+        study, models=models, replicates=replicates, seed=seed, with_metrics=metrics is not None
+    )
     return files
 
 

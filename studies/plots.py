@@ -222,3 +222,37 @@ def unsure_plot(summary: Summary) -> SafeString:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("Unsure rate")
     return _svg(figure, "Unsure rates per arm and per reader")
+
+
+@plot
+def measures_scatter(section: dict) -> SafeString:
+    """Each machine measure (a panel) against the readers' fool rate, one labelled point per arm,
+    with the panel's Spearman rho in its title."""
+    correlations = [c for c in section["correlations"] if c.n > 0]
+    if not correlations:
+        return mark_safe("")
+    columns = min(3, len(correlations))
+    rows = math.ceil(len(correlations) / columns)
+    figure = _figure(3.2 * columns, 2.7 * rows)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax, found in zip(axes, correlations, strict=False):
+        _style(ax)
+        key = found.column.key
+        points = [
+            (arm["values"][key], arm["fool_rate"], arm["model"])
+            for arm in section["arms"]
+            if arm["values"].get(key) is not None and arm["fool_rate"] is not None
+        ]
+        ax.plot([x for x, _, _ in points], [y for _, y, _ in points], "o", color=BLUE, markersize=6)
+        for x, y, name in points:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=INK)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel(found.column.label, fontsize=8)
+        ax.set_ylabel("Fool rate", fontsize=8)
+        title = f"ρ = {found.rho:.2f}, p = {found.p:.3g}" if found.rho is not None else f"n = {found.n}: no ρ"
+        ax.set_title(title, fontsize=9)
+    for ax in axes[len(correlations) :]:
+        ax.set_visible(False)
+    return _svg(
+        figure, "Scatter plots: each machine measure against the readers' fool rate, one point per arm"
+    )

@@ -125,6 +125,21 @@ def filesystem_storage(settings, media_root):
 
 
 @pytest.fixture
+def weights(settings, tmp_path):
+    """Random weights for the machine measures' extractors, in the files the settings name."""
+    import torch
+
+    from generation.features import FIDInception, XRVDenseNet
+
+    torch.manual_seed(0)
+    torch.save(XRVDenseNet().state_dict(), tmp_path / "xrv.pt")
+    torch.save(FIDInception().state_dict(), tmp_path / "inception.pth")
+    settings.METRICS_XRV_WEIGHTS = str(tmp_path / "xrv.pt")
+    settings.METRICS_INCEPTION_WEIGHTS = str(tmp_path / "inception.pth")
+    return tmp_path
+
+
+@pytest.fixture
 def researcher(django_user_model):
     return django_user_model.objects.create_user(
         "researcher", password="researcher-pass", is_staff=True, is_superuser=True

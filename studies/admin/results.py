@@ -6,9 +6,10 @@ from django.urls import reverse
 from analysis.files import imrmc_names, result_files
 from analysis.reads import AnswersError, answers_csv_chunks
 
-from ..exports import answer_rows, reader_pseudonyms, results_zip_stream, study_arms
+from ..exports import answer_rows, metrics_text, reader_pseudonyms, results_zip_stream, study_arms
+from ..measures import machine_measures
 from ..models import Study
-from ..plots import forest_plot, kappa_heatmap, reading_time_plot, unsure_plot
+from ..plots import forest_plot, kappa_heatmap, measures_scatter, reading_time_plot, unsure_plot
 from ..results import study_results
 
 CSV = "text/csv; charset=utf-8"
@@ -82,6 +83,9 @@ def results_page_context(study: Study, *, include_removed: bool = False) -> dict
     names_in = reader_pseudonyms(study, include_removed=include_removed)
     who = {pseudonym: logins.get(user_id, "") for user_id, pseudonym in names_in.items()}
     downloads = ["answers.csv", "summary.csv", "cohen_kappa.csv", *imrmc_names(summary.models).values()]
+    measures = machine_measures(study, summary)
+    if measures is not None:
+        downloads.append("metrics.csv")
     # The downloads hold the same readers as the page.
     query = "?include_removed=1" if include_removed else ""
     context = {
@@ -104,7 +108,10 @@ def results_page_context(study: Study, *, include_removed: bool = False) -> dict
         "include_removed": include_removed,
         "removed_count": study.readers.filter(removed__isnull=False).count(),
         "has_reads": summary.n_reads > 0,
+        "measures": measures,
     }
+    if measures is not None:
+        context["measures_plot"] = measures_scatter(measures)
     if summary.n_reads:
         all_detail = summary.details["all"]
         context["plots"] = {
@@ -151,6 +158,9 @@ def results_download(study: Study, name: str, *, include_removed: bool = False):
         message = f"The answers of this study cannot be analysed: {exc}"
         return HttpResponse(message, status=409, content_type="text/plain; charset=utf-8")
     files = result_files(results.reads, results.summary)
+    metrics = metrics_text(study, results.summary)
+    if metrics is not None:
+        files["metrics.csv"] = metrics
     if name not in files:
         raise Http404("No such result file.")
     return _attachment(HttpResponse(files[name], content_type=CSV), study, name)

@@ -180,3 +180,46 @@ def test_a_planted_copy_is_its_own_nearest_neighbour():
     queries = references[[7, 42]] * 1.5 + RNG.normal(scale=0.01, size=(2, 32))  # scaled, lightly noised
     index, similarity = realism.nearest_by_cosine(queries, references)
     assert list(index) == [7, 42] and (similarity > 0.99).all()
+
+
+# ---- Spearman's rank correlation across arms ----
+
+
+def test_spearman_matches_wikipedias_worked_example_with_the_t_approximation():
+    """Wikipedia, "Spearman's rank correlation coefficient", section "Example": IQ against hours of
+    television per week for 10 people gives rho = -29/165 = -0.175757575... and, with the
+    t-distribution, p = 0.627188."""
+    iq = [106, 100, 86, 101, 99, 103, 97, 113, 112, 110]
+    tv = [7, 27, 2, 50, 28, 29, 20, 12, 6, 17]
+    found = realism.spearman(iq, tv)
+    assert found.rho == pytest.approx(-29 / 165, abs=1e-12)
+    assert found.p == pytest.approx(0.627188, abs=1e-6)
+    assert (found.n, found.method) == (10, "t approximation")
+
+
+def test_spearman_is_exact_for_few_arms():
+    # Four arms in the same order: 2 of the 4! orderings reach |rho| = 1, so p = 2/24.
+    found = realism.spearman([1.0, 2.0, 3.0, 4.0], [0.1, 0.3, 0.35, 0.9])
+    assert (found.rho, found.p, found.method) == (1.0, pytest.approx(1 / 12), "exact permutation")
+    # With ties, against scipy's exact permutation test of the same statistic, |rho|.
+    from scipy import stats
+
+    x, y = [3.1, 2.0, 2.0, 5.5, 4.2, 1.0], [0.4, 0.2, 0.5, 0.9, 0.9, 0.1]
+    found = realism.spearman(x, y)
+    expected = stats.permutation_test(
+        (x,),
+        lambda a: abs(stats.spearmanr(a, y).statistic),
+        permutation_type="pairings",
+        alternative="greater",
+    )
+    assert found.rho == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert found.p == pytest.approx(expected.pvalue, abs=1e-12)
+
+
+def test_spearman_refuses_what_it_cannot_rank():
+    with pytest.raises(ValueError, match="at least 3 pairs"):
+        realism.spearman([1, 2], [2, 1])
+    with pytest.raises(ValueError, match="every value of one list is the same"):
+        realism.spearman([1, 2, 3], [0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="equally long"):
+        realism.spearman([1, 2, 3], [1, 2])

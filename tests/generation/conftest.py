@@ -1,25 +1,13 @@
-"""Fixtures of the generation tests: a model trained in the app with copies among its images,
-and random weights for the machine measures' extractors, in the files the settings name."""
+"""Fixtures of the generation tests: a model trained in the app with copies among its images
+(random weights for the machine measures' extractors: `weights`, in tests/conftest.py)."""
 
 import pytest
-import torch
 
-from generation.features import FIDInception, XRVDenseNet
 from generation.models import GeneratedImage, TrainingJob
 from studies.imaging.phantoms import phantom
 from studies.models import Image, ImageSet
 from tests.generation.measure_fixtures import copied, stored
 from tests.studies.study_fixtures import fixture_version
-
-
-@pytest.fixture
-def weights(settings, tmp_path):
-    torch.manual_seed(0)
-    torch.save(XRVDenseNet().state_dict(), tmp_path / "xrv.pt")
-    torch.save(FIDInception().state_dict(), tmp_path / "inception.pth")
-    settings.METRICS_XRV_WEIGHTS = str(tmp_path / "xrv.pt")
-    settings.METRICS_INCEPTION_WEIGHTS = str(tmp_path / "inception.pth")
-    return tmp_path
 
 
 @pytest.fixture

@@ -80,6 +80,7 @@ def make_open_study(
     allow_unsure: bool = True,
     readers=(),
     practice: int = 0,
+    models=MODEL_NAMES,
     **options,
 ) -> Study:
     """An open study of `images` images (and `practice` practice images) for the readers given."""
@@ -91,7 +92,7 @@ def make_open_study(
         instructions="Label each image **real** or **fake**.",
         **options,
     )
-    pool = make_images(images + practice)
+    pool = make_images(images + practice, models)
     StudyImage.objects.bulk_create(
         StudyImage(study=study, image=image, practice=index >= images) for index, image in enumerate(pool)
     )
