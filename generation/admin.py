@@ -7,7 +7,7 @@ from django.views.decorators.http import require_POST
 
 from .forms import GenerateForm, GenerativeModelForm, MeasureForm
 from .jobs import job_cancel, job_launch, job_progress, job_retry
-from .measure_jobs import MeasureRefused, measure_job_create
+from .measure_jobs import MeasureRefused, measure_cancel, measure_job_create, measure_retry
 from .models import (
     GeneratedImage,
     GenerationJob,
@@ -317,6 +317,7 @@ class MeasureJobAdmin(admin.ModelAdmin):
         "finished",
     ]
     readonly_fields = fields
+    actions = ["cancel", "retry"]
     change_form_template = "admin/generation/measurejob/change_form.html"
 
     def has_add_permission(self, request):
@@ -324,6 +325,41 @@ class MeasureJobAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False  # a record of what was computed: shown, never edited
+
+    @admin.action(description="Cancel the selected measure jobs")
+    def cancel(self, request, queryset):
+        n = sum(measure_cancel(job=job) for job in queryset)
+        messages.info(request, f"{n} measure job(s) cancelled.")
+
+    @admin.action(description="Retry the selected failed or cancelled measure jobs")
+    def retry(self, request, queryset):
+        n = sum(measure_retry(job=job) for job in queryset)
+        messages.info(request, f"{n} measure job(s) queued again.")
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/cancel/", wrap(require_POST(self.cancel_view)), name="generation_measure_cancel"),
+            path("<int:pk>/retry/", wrap(require_POST(self.retry_view)), name="generation_measure_retry"),
+            *super().get_urls(),
+        ]
+
+    def cancel_view(self, request, pk):
+        job = get_object_or_404(MeasureJob, pk=pk)
+        if measure_cancel(job=job):
+            messages.success(request, "Cancelled: the worker stops after its current batch of images.")
+        else:
+            messages.warning(request, f"Not cancelled: the job is {job.get_status_display()}.")
+        return redirect("admin:generation_measurejob_change", job.pk)
+
+    def retry_view(self, request, pk):
+        job = get_object_or_404(MeasureJob, pk=pk)
+        if measure_retry(job=job):
+            messages.success(request, f"Queued again (attempt {job.attempt}); it starts from the beginning.")
+        else:
+            status = job.get_status_display()
+            messages.warning(request, f"Not retried: only a failed or cancelled job can be; it is {status}.")
+        return redirect("admin:generation_measurejob_change", job.pk)
 
     @admin.display(description="Progress")
     def progress(self, obj):

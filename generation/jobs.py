@@ -210,16 +210,16 @@ def _beats_every(job_id: int):
 
 
 @contextmanager
-def _beating(job_id: int):
+def _beating(job_id: int, beat=_beat):
     """Report from a thread while the block runs: loading a pipeline (minutes for a large one
     on shared storage) has no steps to report between. A load that hangs is ended by the
-    hard time limit, thread and all."""
+    hard time limit, thread and all. `beat(job_id)` reports (a generation job's by default)."""
     stop = threading.Event()
 
     def run():
         try:
             while not stop.wait(_beat_interval()):
-                _beat(job_id)
+                beat(job_id)
         finally:
             connections.close_all()  # this thread's own connection
 

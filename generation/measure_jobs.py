@@ -12,10 +12,13 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from PIL import Image as PILImage
 
@@ -64,7 +67,7 @@ def measure_job_create(
     with transaction.atomic():
         job = MeasureJob.objects.create(version=version, study=study, extractors=extractors)
         job.reference_sets.set(reference_sets)
-        transaction.on_commit(lambda: _queue(job.pk))
+        _queue(job.pk)
     return job
 
 
@@ -81,10 +84,10 @@ def _study_refusal(study: Study) -> None:
         raise MeasureRefused("The study has no model arm.")
 
 
-def _queue(job_id: int) -> None:
+def _queue(job_id: int, attempt: int = 1) -> None:
     from .tasks import measure
 
-    measure.delay(job_id)
+    measure.delay_on_commit(job_id, attempt)
 
 
 def image_pixels(image: Image) -> np.ndarray:
@@ -125,22 +128,142 @@ def _training_images(version: ModelVersion) -> list[Image]:
     return list(Image.objects.filter(image_set__in=job.image_sets.all()).order_by("pk"))
 
 
-def measure_run(*, job_id: int) -> None:
+class _Stopped(Exception):
+    """The job was cancelled, or its attempt moved on (a retry, the sweep): stop computing."""
+
+
+def _still_wanted(job_id: int, attempt: int) -> bool:
+    return MeasureJob.objects.filter(
+        pk=job_id, attempt=attempt, status__in=[MeasureJob.Status.QUEUED, MeasureJob.Status.RUNNING]
+    ).exists()
+
+
+def _beat(job_id: int) -> None:
+    MeasureJob.objects.filter(pk=job_id).update(heartbeat=timezone.now())
+
+
+def measure_run(*, job_id: int, attempt: int = 1) -> None:
+    """The `measure` task's body. Safe to deliver twice: a job no longer queued, or whose attempt
+    moved on, is left alone, and so is a running one whose worker still reports (a thread beats
+    every few seconds while it computes); one whose worker fell silent is taken over."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from .jobs import _beating
+
+    now = timezone.now()
+    silent = now - timedelta(seconds=settings.GENERATION_SILENCE_SECONDS)
+    claimed = MeasureJob.objects.filter(pk=job_id, attempt=attempt).filter(
+        Q(status=MeasureJob.Status.QUEUED)
+        | Q(status=MeasureJob.Status.RUNNING, heartbeat__lt=silent)
+        | Q(status=MeasureJob.Status.RUNNING, heartbeat__isnull=True)
+    )
+    if not claimed.update(status=MeasureJob.Status.RUNNING, heartbeat=now, started=now, error=""):
+        return  # done, failed, cancelled, another attempt's, or running on a worker that reports
     job = MeasureJob.objects.select_related("version__model", "study").get(pk=job_id)
-    if job.status not in (MeasureJob.Status.QUEUED, MeasureJob.Status.RUNNING):
-        return  # done, failed or cancelled: a second delivery stands down
-    MeasureJob.objects.filter(pk=job.pk).update(status=MeasureJob.Status.RUNNING, started=timezone.now())
+    mine = MeasureJob.objects.filter(pk=job_id, attempt=attempt, status=MeasureJob.Status.RUNNING)
+
+    def check():
+        if not _still_wanted(job_id, attempt):
+            raise _Stopped
+
     try:
-        results = _measure(job)
+        with _beating(job_id, beat=_beat):
+            results = _measure(job, check=check)
+    except _Stopped:
+        return
+    except SoftTimeLimitExceeded:
+        mine.update(
+            status=MeasureJob.Status.FAILED,
+            finished=timezone.now(),
+            error="The measures took longer than a task may run (CELERY_TASK_SOFT_TIME_LIMIT, "
+            f"{settings.CELERY_TASK_SOFT_TIME_LIMIT} s): raise it on the GPU workers, or measure "
+            "fewer images.",
+        )
+        return
     except Exception as exc:
-        logger.exception("Measure job %s failed", job.pk)
-        MeasureJob.objects.filter(pk=job.pk).update(
+        logger.exception("Measure job %s failed", job_id)
+        mine.update(
             status=MeasureJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished=timezone.now()
         )
         return
-    MeasureJob.objects.filter(pk=job.pk).update(
-        status=MeasureJob.Status.DONE, results=results, finished=timezone.now()
+    mine.update(status=MeasureJob.Status.DONE, results=results, finished=timezone.now())
+
+
+def measure_cancel(*, job: MeasureJob) -> bool:
+    """Stop a queued or running job; the worker stops after its current batch of images."""
+    return bool(
+        MeasureJob.objects.filter(
+            pk=job.pk, status__in=[MeasureJob.Status.QUEUED, MeasureJob.Status.RUNNING]
+        ).update(status=MeasureJob.Status.CANCELLED, finished=timezone.now())
     )
+
+
+def measure_retry(*, job: MeasureJob) -> bool:
+    """Queue a failed or cancelled job again, from the start, under a new attempt (a task of the
+    earlier attempt still on its way stands down)."""
+    with transaction.atomic():
+        retried = MeasureJob.objects.filter(
+            pk=job.pk, status__in=[MeasureJob.Status.FAILED, MeasureJob.Status.CANCELLED]
+        ).update(
+            status=MeasureJob.Status.QUEUED,
+            attempt=F("attempt") + 1,
+            resumes=0,
+            done=0,
+            error="",
+            finished=None,
+            heartbeat=timezone.now(),
+        )
+        if retried:
+            job.refresh_from_db()
+            _queue(job.pk, job.attempt)
+    return bool(retried)
+
+
+# The sweep sends a silent job again this many times; then it fails it (a job that kills its worker).
+MAX_RESUMES = 3
+
+
+def measure_sweep() -> int:
+    """Send again the task of measure jobs that no worker works on: a running job whose worker
+    fell silent (killed, out of memory, a lost host), a queued one whose task the broker lost
+    (a restart that kept nothing). Silent means no sign for GENERATION_SILENCE_SECONDS; a queued
+    job counts as lost only while no task waits in the `gpu` queue. Each resend raises the
+    attempt, so a late copy of the lost task stands down; after MAX_RESUMES the job fails.
+    Run by Celery beat (config/celery.py), never by a page."""
+    from .jobs import waiting_tasks
+
+    silence = settings.GENERATION_SILENCE_SECONDS
+    limit = timezone.now() - timedelta(seconds=silence)
+    silent = MeasureJob.objects.annotate(since=Coalesce("heartbeat", "started", "created")).filter(
+        since__lt=limit
+    )
+    running = silent.filter(status=MeasureJob.Status.RUNNING)
+    queued = silent.filter(status=MeasureJob.Status.QUEUED)
+    lost = list(running)
+    if queued.exists() and waiting_tasks() == 0:
+        lost += list(queued)
+    swept = 0
+    for job in lost:
+        stale = silent.filter(pk=job.pk, attempt=job.attempt, status=job.status)
+        if job.resumes >= MAX_RESUMES:
+            swept += stale.update(
+                status=MeasureJob.Status.FAILED,
+                finished=timezone.now(),
+                error=f"No worker has worked on this job for over {silence} s, {job.resumes + 1} times "
+                "(a job that kills its worker: out of memory?). Retry starts it again.",
+            )
+            continue
+        with transaction.atomic():
+            if stale.update(
+                status=MeasureJob.Status.QUEUED,
+                attempt=F("attempt") + 1,
+                resumes=F("resumes") + 1,
+                heartbeat=timezone.now(),
+            ):
+                swept += 1
+                logger.warning("Measure job %s lost its worker or task: sent again", job.pk)
+                _queue(job.pk, job.attempt + 1)
+    return swept
 
 
 @dataclass
@@ -197,9 +320,10 @@ def _extractors(job: MeasureJob) -> tuple[list, dict[str, str]]:
     return extractors, skipped
 
 
-def _measure(job: MeasureJob) -> dict:
+def _measure(job: MeasureJob, check=lambda: True) -> dict:
     """A version's job: {n_synthetic, n_real, n_training, extractors, diversity, memorisation,
-    left_out, ...}. A study's job: the same per arm under "arms", the real images' share once."""
+    left_out, ...}. A study's job: the same per arm under "arms", the real images' share once.
+    `check()` runs after each batch of images and between steps: it raises to stop the job."""
     from . import measures
 
     left_out: list[str] = []
@@ -210,6 +334,7 @@ def _measure(job: MeasureJob) -> dict:
     done = 0
 
     def progress(count):
+        check()
         MeasureJob.objects.filter(pk=job.pk).update(done=done + count)
 
     def features_of(extractor, images):
@@ -247,7 +372,9 @@ def _measure(job: MeasureJob) -> dict:
             found["extractors"][extractor.name] = measures.feature_measures(
                 features[extractor.name]["real"], features[extractor.name]["synthetic"], extractor
             )
+        check()
         found["diversity"] = {"synthetic": measures.diversity(images["synthetic"]), "real": real_diversity}
+        check()
         found["memorisation"] = _memorisation(extractors, features, images, arm.synthetic, real, arm.training)
         measured[arm.name] = found
     if job.study_id is None:

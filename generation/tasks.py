@@ -23,10 +23,12 @@ def generate_chunk(job_id: int, seeds: list[int], attempt: int = 1) -> None:
 @shared_task
 def sweep_jobs() -> int:
     """Send again the lost chunks of generation jobs (failing a job that keeps losing them) and
-    resume the training jobs that no worker works on any more (run by beat; needs no GPU)."""
-    from .training_jobs import training_sweep  # it queues `train`, from this module
+    resume the training and measure jobs that no worker works on any more (run by beat; needs
+    no GPU)."""
+    from .measure_jobs import measure_sweep  # it queues `measure`, from this module
+    from .training_jobs import training_sweep
 
-    return jobs_sweep() + training_sweep()
+    return jobs_sweep() + training_sweep() + measure_sweep()
 
 
 @shared_task
@@ -44,8 +46,9 @@ def train(job_id: int, attempt: int = 1) -> None:
 
 
 @shared_task
-def measure(job_id: int) -> None:
-    """Compute a measuring job's machine measures (see generation.measure_jobs)."""
-    from .measure_jobs import measure_run  # imports torch: in the worker's child process only
+def measure(job_id: int, attempt: int = 1) -> None:
+    """Compute a measuring job's machine measures (see generation.measure_jobs); a task of an
+    earlier attempt (before a retry or a sweep) stands down."""
+    from .measure_jobs import measure_run  # imports torch where it runs: in the worker's child
 
-    measure_run(job_id=job_id)
+    measure_run(job_id=job_id, attempt=attempt)

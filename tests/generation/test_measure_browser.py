@@ -6,7 +6,10 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from config.celery import app as celery_app
+from generation.measure_jobs import measure_job_create
 from generation.models import MeasureJob
+from generation.operations import queue_lengths
 from tests.generation.measure_fixtures import study_with_copies
 from tests.generation.test_training_admin import admin_log_in
 from tests.studies.study_fixtures import make_real_set
@@ -108,3 +111,28 @@ def test_a_researcher_measures_a_study_and_its_copies_then_warn_at_open(
     assert flagged == {
         (image.pk, kind) for image in (synthetic[0], synthetic[2]) for kind in ("training", "reference")
     }
+
+
+def test_a_researcher_cancels_and_retries_a_measure_job_from_its_page(trained_version, tabs, researcher):
+    version, _ = trained_version
+    celery_app.control.purge()
+    job = measure_job_create(version=version, reference_sets=[make_real_set(3, name="refs")])
+    tab = tabs()
+    admin_log_in(tab)
+    page = tab.page
+    try:
+        page.goto(f"{tab.base_url}/admin/generation/measurejob/{job.pk}/change/")
+        expect(page.get_by_text("Waiting for a GPU worker.")).to_be_visible()
+        page.get_by_role("button", name="Cancel").click()
+        expect(
+            page.get_by_text("Cancelled: the worker stops after its current batch of images.")
+        ).to_be_visible()
+        job.refresh_from_db()
+        assert job.status == "cancelled"
+        page.get_by_role("button", name="Retry").click()
+        expect(page.get_by_text("Queued again (attempt 2); it starts from the beginning.")).to_be_visible()
+        job.refresh_from_db()
+        assert (job.status, job.attempt) == ("queued", 2)
+        assert queue_lengths()["gpu"] == 2  # the first task, never run, and the retry's
+    finally:
+        celery_app.control.purge()
