@@ -347,6 +347,8 @@ def _measure(job: MeasureJob, check=lambda: True) -> dict:
     real_features = {}
     for extractor in extractors:
         real_features[extractor.name] = features_of(extractor, real_images)
+    if not extractors:
+        real_features[PIXELS] = measures.pixel_features(real_images)
     real_diversity = measures.diversity(real_images)
     measured = {}
     for arm in arms:
@@ -373,6 +375,12 @@ def _measure(job: MeasureJob, check=lambda: True) -> dict:
                 features[extractor.name]["real"], features[extractor.name]["synthetic"], extractor
             )
         check()
+        if not extractors:
+            features[PIXELS] = {
+                "real": real_features[PIXELS],
+                "synthetic": measures.pixel_features(images["synthetic"]),
+                "training": measures.pixel_features(images["training"]),
+            }
         found["diversity"] = {"synthetic": measures.diversity(images["synthetic"]), "real": real_diversity}
         check()
         found["memorisation"] = _memorisation(extractors, features, images, arm.synthetic, real, arm.training)
@@ -387,25 +395,35 @@ def _measure(job: MeasureJob, check=lambda: True) -> dict:
     return {"study": job.study.title, "n_real": len(real), "left_out": left_out, "arms": measured}
 
 
+PIXELS = "pixels-32"  # neighbours by pixels where no extractor ran (generation.measures.pixel_features)
+
+
 def _memorisation(extractors, features, images, synthetic, real, training) -> dict:
     """Nearest neighbours of each synthetic image among the training images and the references,
-    on the first extractor that ran (XRV before Inception, as asked)."""
+    on the first extractor that ran (XRV before Inception, as asked); where none ran, on pixels,
+    flagged by SSIM alone (a cosine of pixels says little)."""
     from . import measures
 
-    thresholds = measures.Thresholds()
-    if not extractors:
-        return {"note": "No extractor ran (no weights file): nearest neighbours need features."}
-    name = extractors[0].name
+    if extractors:
+        name, thresholds = extractors[0].name, measures.Thresholds()
+    else:
+        name, thresholds = PIXELS, measures.Thresholds(cosine=None)
     found = {"extractor": name, "thresholds": {"cosine": thresholds.cosine, "ssim": thresholds.ssim}}
+    if not extractors:
+        found["note"] = (
+            "No extractor ran (no weights file): neighbours were found by pixels (32 x 32) and "
+            "flagged by SSIM alone."
+        )
     for kind, rows in (("training", training), ("reference", real)):
         if not rows:
             found[kind] = {"note": "The model was not trained in this app." if kind == "training" else ""}
             continue
+        source = "training" if kind == "training" else "real"
         matches = measures.nearest_copies(
             images["synthetic"],
             features[name]["synthetic"],
-            images["training" if kind == "training" else "real"],
-            features[name]["training" if kind == "training" else "real"],
+            images[source],
+            features[name][source],
             thresholds=thresholds,
         )
         flagged = [

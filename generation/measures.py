@@ -34,8 +34,18 @@ class Thresholds:
     """Beyond either, a synthetic image is flagged as a possible copy of its neighbour, for a
     researcher to judge side by side. Starting points, recorded with every result."""
 
-    cosine: float = 0.97
+    cosine: float | None = 0.97  # None: flagged by SSIM alone (neighbours found by pixels)
     ssim: float = 0.85
+
+
+PIXEL_SIDE = 32  # neighbours by pixels, where no extractor has weights: 32 x 32 grey levels
+
+
+def pixel_features(images: Sequence, side: int = PIXEL_SIDE) -> np.ndarray:
+    """Each image's centre square at side x side, flattened: a stand-in for features when no
+    extractor has weights, good enough to find a resized or re-encoded copy among the nearest."""
+    rows = [_resized([image], side).reshape(-1).numpy() for image in images]
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), side * side)
 
 
 def _pixels(image) -> np.ndarray:
@@ -143,7 +153,8 @@ def nearest_copies(
                     "nearest_by_ssim": int(row[best]),
                     "ssim": float(scores[best]),
                     "flagged": bool(
-                        cosines[index, 0] >= thresholds.cosine or scores[best] >= thresholds.ssim
+                        (thresholds.cosine is not None and cosines[index, 0] >= thresholds.cosine)
+                        or scores[best] >= thresholds.ssim
                     ),
                 }
             )

@@ -93,7 +93,9 @@ def metric_rows(job: MeasureJob, summary: Summary | None) -> list[dict]:
                     "measure": f"share_flagged_{kind}",
                     "extractor": memorisation["extractor"],
                     "value": share,
-                    "note": f"flagged at cosine >= {thresholds['cosine']} or SSIM >= {thresholds['ssim']}",
+                    "note": f"flagged at SSIM >= {thresholds['ssim']}, neighbours by pixels"
+                    if thresholds["cosine"] is None
+                    else f"flagged at cosine >= {thresholds['cosine']} or SSIM >= {thresholds['ssim']}",
                 }
             )
     return rows

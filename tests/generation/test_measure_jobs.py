@@ -202,3 +202,26 @@ def test_a_study_is_measured_once_prepared_and_the_command_takes_its_id_or_title
     study.refresh_from_db()
     with pytest.raises(MeasureRefused, match="fewer than 2 real images"):
         measure_job_create(study=study)
+
+
+def test_with_no_weights_at_all_copies_are_still_found_by_pixels_and_ssim(
+    trained_version, settings, tmp_path
+):
+    settings.METRICS_XRV_WEIGHTS = str(tmp_path / "absent.pt")
+    settings.METRICS_INCEPTION_WEIGHTS = str(tmp_path / "absent.pth")
+    version, training = trained_version
+    job = measure_job_create(version=version, reference_sets=[make_real_set(3, name="refs")])
+    measure_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == "done" and job.total == 0  # nothing through an extractor
+    memorisation = job.results["memorisation"]
+    assert (memorisation["extractor"], memorisation["thresholds"]) == (
+        "pixels-32",
+        {"cosine": None, "ssim": 0.85},
+    )
+    assert "flagged by SSIM alone" in memorisation["note"]
+    synthetic = list(Image.objects.filter(generated__version=version).order_by("generated__seed"))
+    flagged = {row["image"]: row["nearest_by_ssim"] for row in memorisation["training"]["flagged"]}
+    assert flagged == {synthetic[0].pk: training[2].pk, synthetic[2].pk: training[4].pk}
+    assert all(row["ssim"] >= 0.85 for row in memorisation["training"]["flagged"])
+    assert any(line.startswith("possible copies of training images: 2 of 4") for line in summary(job.results))
