@@ -227,10 +227,10 @@ def unsure_plot(summary: Summary) -> SafeString:
 @plot
 def measures_scatter(section: dict) -> SafeString:
     """Each machine measure (a panel) against the readers' fool rate, one labelled point per arm,
-    with the panel's Spearman rho in its title."""
-    correlations = [c for c in section["correlations"] if c.n > 0]
+    with the panel's Spearman rho in its title; measures known for fewer than 2 arms left out."""
+    correlations = [c for c in section["correlations"] if c.n >= 2]
     if not correlations:
-        return mark_safe("")
+        return mark_safe("")  # one arm: a single point says nothing a table does not
     columns = min(3, len(correlations))
     rows = math.ceil(len(correlations) / columns)
     figure = _figure(3.2 * columns, 2.7 * rows)
