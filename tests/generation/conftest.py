@@ -3,11 +3,20 @@
 
 import pytest
 
+from config.celery import app as celery_app
 from generation.models import GeneratedImage, TrainingJob
 from studies.imaging.phantoms import phantom
 from studies.models import Image, ImageSet
 from tests.generation.measure_fixtures import copied, stored
 from tests.studies.study_fixtures import fixture_version
+
+
+@pytest.fixture
+def empty_queues():
+    """No task waits in any queue, before and after the test (the sweep reads the gpu queue)."""
+    celery_app.control.purge()
+    yield
+    celery_app.control.purge()
 
 
 @pytest.fixture

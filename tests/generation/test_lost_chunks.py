@@ -33,13 +33,6 @@ def seeds_of(version):
     return sorted(GeneratedImage.objects.filter(version=version).values_list("seed", flat=True))
 
 
-@pytest.fixture
-def empty_queues():
-    celery_app.control.purge()
-    yield
-    celery_app.control.purge()
-
-
 @pytest.mark.django_db
 def test_the_sweep_sends_a_silent_jobs_missing_chunks_again_and_the_lost_ones_stand_down(
     settings, empty_queues

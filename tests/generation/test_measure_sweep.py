@@ -7,7 +7,6 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from config.celery import app as celery_app
 from generation.measure_jobs import (
     MAX_RESUMES,
     measure_cancel,
@@ -81,13 +80,6 @@ def test_cancel_stops_a_running_job_after_its_current_batch(job):
     stopped = now(job)
     assert not running.is_alive()
     assert stopped.status == "cancelled" and stopped.done < stopped.total and stopped.results == {}
-
-
-@pytest.fixture
-def empty_queues():
-    celery_app.control.purge()
-    yield
-    celery_app.control.purge()
 
 
 @pytest.mark.django_db

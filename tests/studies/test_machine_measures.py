@@ -14,6 +14,7 @@ from scipy import stats
 from generation.measure_jobs import measure_job_create, measure_run
 from studies.exports import metrics_text
 from studies.results import study_results
+from tests.generation.test_training_admin import admin_log_in
 from tests.studies.study_fixtures import make_open_study
 from tests.studies.test_exports import answer_everything
 
@@ -104,10 +105,7 @@ def test_the_results_page_shows_the_machine_measures_with_their_plot_in_chromium
     study, job = measured_study(reader, outsider, weights, settings)
     tab = tabs(viewport={"width": 1400, "height": 900})
     page = tab.page
-    page.goto(tab.base_url + "/admin/login/")
-    page.get_by_label("Username").fill("researcher")
-    page.get_by_label("Password").fill("researcher-pass")
-    page.get_by_role("button", name="Log in").click()
+    admin_log_in(tab)
     page.goto(f"{tab.base_url}/admin/studies/study/{study.pk}/change/")
     page.get_by_role("link", name="Results (interim)").click()
     expect(page.get_by_role("heading", name="Machine measures")).to_be_visible()
