@@ -17,7 +17,7 @@ For the code of the working tree, and with --compare REV for that git revision t
      --cores-per-host N each host runs on N cores of its own (`sched_setaffinity`), so that
      one machine can show what a second host adds;
   3. logs every reader in (GET and POST /accounts/login/, with the form's CSRF token) and
-     opens the labelling page as static/js/label.js does: the page, GET .../state, the
+     opens the labelling page as static/js/label/ does: the page, GET .../state, the
      images of the current and the next presentation; then each answer is a POST
      .../answer (X-CSRFToken from the page's meta tag, Accept: application/json) whose
      JSON is the new state, followed by a GET of the image of the state's `next` (the

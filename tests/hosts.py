@@ -359,10 +359,20 @@ class HttpClient:
         headers = {"Content-Type": kind, "X-CSRFToken": self.cookie("csrftoken"), **kw.pop("headers", {})}
         return self.request("POST", path, data=body, headers=headers, **kw)
 
-    def log_in(self, username: str, password: str, *, admin: bool = False) -> None:
+    def log_in_reply(self, username: str, password: str, *, admin: bool = False):
+        """One try at logging in: the login page's reply where it failed on the server's side,
+        else the reply to the form (a 302 and a session cookie where it worked)."""
         path = "/admin/login/" if admin else "/accounts/login/"
-        self.get(path)
-        status, _, body = self.post(path, {"username": username, "password": password, "next": "/"})
+        status, headers, body = self.get(path)
+        if status >= 500:
+            return status, headers, body
+        return self.post(path, {"username": username, "password": password, "next": "/"})
+
+    def log_in(self, username: str, password: str, *, admin: bool = False) -> None:
+        status, _, body = self.log_in_reply(username, password, admin=admin)
+        self.check_logged_in(username, status, body)
+
+    def check_logged_in(self, username: str, status: int, body: bytes) -> None:
         if status not in (200, 302) or not self.cookie("sessionid"):
             raise RuntimeError(f"could not log in as {username} ({status}): {body[:300]!r}")
 
@@ -517,11 +527,13 @@ class Deployment:
         return f"the broker's link ({self.broker}, port {self.broker_port}) cut for {seconds:g} s"
 
     def client(self, username: str, password: str, *, admin: bool = False, index: int = 0) -> HttpClient:
+        """A logged-in client; a login that meets an outage is tried again, as a person would."""
         client = HttpClient(self.url(index))
-        client.log_in(username, password, admin=admin)
+        status, _, body = self.patiently(client.log_in_reply, username, password, admin=admin)
+        client.check_logged_in(username, status, body)
         return client
 
-    # As static/js/label.js: its back-off, and the most of a server's Retry-After it waits.
+    # As static/js/label/server.js: its back-off, and the most of a server's Retry-After it waits.
     RETRY_DELAYS = (1, 2, 3, 5)
     RETRY_AFTER_MAX = 30
 

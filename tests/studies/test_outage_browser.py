@@ -9,7 +9,7 @@ from tests.studies.study_fixtures import make_open_study
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pytest.mark.services]
 
-# The page's longest wait between two tries (label.js: RETRY_DELAYS_S), and a margin for a busy machine.
+# The page's longest wait between two tries (label/server.js: RETRY_DELAYS_S), and a margin.
 RETRY_CAP_MS = 5_000
 MARGIN_MS = 2_500
 

@@ -1,0 +1,118 @@
+// The image viewer: zoom (wheel, + / -), pan (drag), window and level (Shift-drag, sliders),
+// reset (0). It shows what it is given and knows nothing of answers.
+
+const MIN_SCALE = 1;
+const MAX_SCALE = 12;
+const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+
+export class Viewer {
+  /** `enabled()` says whether the image may be moved now (on screen, not paused). */
+  constructor({ stage, img, contrastInput, brightnessInput, zoomReadout, resetButton, enabled }) {
+    Object.assign(this, { stage, img, contrastInput, brightnessInput, zoomReadout, enabled });
+    this.view = { scale: 1, tx: 0, ty: 0, contrast: 1, brightness: 1 };
+    this.drag = null;
+    stage.addEventListener("wheel", (e) => this.onWheel(e), { passive: false });
+    stage.addEventListener("pointerdown", (e) => this.onPointerDown(e));
+    stage.addEventListener("pointermove", (e) => this.onPointerMove(e));
+    stage.addEventListener("pointerup", (e) => this.endDrag(e));
+    stage.addEventListener("pointercancel", (e) => this.endDrag(e));
+    contrastInput.addEventListener("input", () => {
+      this.view.contrast = 2 ** Number(contrastInput.value);
+      this.apply();
+    });
+    brightnessInput.addEventListener("input", () => {
+      this.view.brightness = 2 ** Number(brightnessInput.value);
+      this.apply();
+    });
+    resetButton.addEventListener("click", () => this.reset());
+    window.addEventListener("resize", () => this.apply());
+  }
+
+  apply() {
+    const { view, img } = this;
+    const rect = this.stage.getBoundingClientRect();
+    const maxX = (rect.width * view.scale) / 2;
+    const maxY = (rect.height * view.scale) / 2;
+    view.tx = view.scale === 1 ? 0 : clamp(view.tx, -maxX, maxX);
+    view.ty = view.scale === 1 ? 0 : clamp(view.ty, -maxY, maxY);
+    img.style.transform = view.scale === 1 ? "" : `translate(${view.tx}px, ${view.ty}px) scale(${view.scale})`;
+    img.style.filter =
+      view.contrast === 1 && view.brightness === 1
+        ? ""
+        : `contrast(${view.contrast.toFixed(3)}) brightness(${view.brightness.toFixed(3)})`;
+    // The sliders are in powers of two, so that "unchanged" sits in the middle.
+    this.contrastInput.value = String(Math.log2(view.contrast));
+    this.brightnessInput.value = String(Math.log2(view.brightness));
+    this.contrastInput.setAttribute("aria-valuetext", `${Math.round(view.contrast * 100)}%`);
+    this.brightnessInput.setAttribute("aria-valuetext", `${Math.round(view.brightness * 100)}%`);
+    this.zoomReadout.textContent = `${Math.round(view.scale * 100)}%`;
+  }
+
+  reset() {
+    Object.assign(this.view, { scale: 1, tx: 0, ty: 0, contrast: 1, brightness: 1 });
+    this.apply();
+  }
+
+  /** Zoom by `factor` keeping the point (mx, my), relative to the stage centre, in place. */
+  zoomAt(factor, mx = 0, my = 0) {
+    const { view } = this;
+    const scale = clamp(view.scale * factor, MIN_SCALE, MAX_SCALE);
+    const k = scale / view.scale;
+    view.tx = mx - k * (mx - view.tx);
+    view.ty = my - k * (my - view.ty);
+    view.scale = scale;
+    this.apply();
+  }
+
+  zoom(factor) {
+    if (this.enabled()) this.zoomAt(factor);
+  }
+
+  onWheel(e) {
+    if (!this.enabled()) return;
+    e.preventDefault();
+    const rect = this.stage.getBoundingClientRect();
+    const lines = e.deltaMode === 1 ? 16 : e.deltaMode === 2 ? rect.height : 1;
+    const factor = Math.exp(-e.deltaY * lines * 0.0015);
+    this.zoomAt(factor, e.clientX - rect.left - rect.width / 2, e.clientY - rect.top - rect.height / 2);
+  }
+
+  onPointerDown(e) {
+    if (!this.enabled() || e.button !== 0 || (e.target !== this.stage && e.target !== this.img)) return;
+    e.preventDefault();
+    this.stage.setPointerCapture(e.pointerId);
+    const { view } = this;
+    this.drag = {
+      id: e.pointerId,
+      x: e.clientX,
+      y: e.clientY,
+      windowing: e.shiftKey,
+      tx: view.tx,
+      ty: view.ty,
+      contrast: view.contrast,
+      brightness: view.brightness,
+    };
+    this.stage.classList.add(this.drag.windowing ? "is-windowing" : "is-panning");
+  }
+
+  onPointerMove(e) {
+    const { drag, view } = this;
+    if (!drag || e.pointerId !== drag.id) return;
+    const dx = e.clientX - drag.x;
+    const dy = e.clientY - drag.y;
+    if (drag.windowing) {
+      view.contrast = clamp(drag.contrast * 2 ** (dx / 150), 2 ** -2, 2 ** 2);
+      view.brightness = clamp(drag.brightness * 2 ** (-dy / 150), 2 ** -1.5, 2 ** 1.5);
+    } else {
+      view.tx = drag.tx + dx;
+      view.ty = drag.ty + dy;
+    }
+    this.apply();
+  }
+
+  endDrag(e) {
+    if (!this.drag || e.pointerId !== this.drag.id) return;
+    this.drag = null;
+    this.stage.classList.remove("is-windowing", "is-panning");
+  }
+}
