@@ -168,9 +168,14 @@ def test_every_button_of_the_labelling_page_works_with_the_mouse(tabs, reader):
     page.mouse.move(640, 300)
     page.mouse.wheel(0, -400)
     expect(page.locator("#zoom-readout")).not_to_have_text("100%")
+    page.get_by_role("button", name="Window: Custom. Next preset").click()
+    expect(page.locator("#window-preset")).to_contain_text("Default")
+    page.get_by_role("button", name="Window: Default. Next preset").click()
+    expect(page.locator("#window-preset")).to_contain_text("Lung")
     page.get_by_role("button", name="Reset view").click()
     expect(page.locator("#zoom-readout")).to_have_text("100%")
     expect(page.get_by_label("Contrast")).to_have_value("0")
+    expect(page.locator("#window-preset")).to_contain_text("Default")
 
     # Practice, by the buttons, and Continue.
     page.get_by_role("button", name="Fake", exact=True).click()

@@ -215,3 +215,40 @@ def test_the_time_limit_hides_the_image_and_the_answer_still_counts(tabs, reader
     expect(page.get_by_text("Time is up")).to_be_hidden()
     (answer,) = answers_of(study, reader)
     assert answer.label == "fake" and answer.viewing_ms >= 1000
+
+
+# Window presets (static/js/label/viewer.js): the range of grey levels [low, high] of the
+# normalised image stretched over the screen, as a filter brightness(b) contrast(c) with
+# (v b - 1/2) c + 1/2 = 0 at low and 1 at high: b = 1 / (high + low), c = 1 + 2 low / (high - low).
+PRESETS = [("Lung", 0.0, 0.55), ("Mediastinum", 0.35, 0.9), ("Bone", 0.55, 1.0)]
+
+
+def test_window_presets_by_key_map_their_range_to_black_and_white_and_reset(tabs, reader):
+    study = make_open_study(reader, images=2)
+    tab = tabs()
+    page = tab.page
+    tab.log_in("reader", "reader-pass")
+    tab.open_study(study)
+    page.keyboard.press("Escape")
+    tab.wait_ready()
+    image = page.get_by_role("img", name="Radiograph to label")
+    preset = page.locator("#window-preset")
+    for name, low, high in PRESETS:
+        page.keyboard.press("w")
+        expect(preset).to_contain_text(name)
+        brightness, contrast = 1 / (high + low), 1 + 2 * low / (high - low)
+        found = re.search(r"brightness\(([\d.]+)\) contrast\(([\d.]+)\)", image.get_attribute("style"))
+        assert (float(found[1]), float(found[2])) == (
+            pytest.approx(brightness, abs=1e-4),
+            pytest.approx(contrast, abs=1e-4),
+        )
+    page.keyboard.press("w")  # round again to the image as stored
+    expect(preset).to_contain_text("Default")
+    assert "filter" not in (image.get_attribute("style") or "")
+    page.keyboard.press("w")
+    page.keyboard.press("0")
+    expect(preset).to_contain_text("Default")
+    assert "filter" not in (image.get_attribute("style") or "")
+    page.keyboard.press("r")  # presets leave answering alone
+    tab.wait_ready()
+    assert [a.label for a in answers_of(study, reader)] == ["real"]

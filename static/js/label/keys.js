@@ -19,6 +19,7 @@ export const KEYS = Object.freeze({
   "-": "zoomOut",
   _: "zoomOut",
   0: "resetView",
+  w: "windowPreset",
   Enter: "continue",
   " ": "continue",
 });

@@ -67,6 +67,7 @@ function start(app) {
     brightnessInput: $("brightness"),
     zoomReadout: $("zoom-readout"),
     resetButton: $("reset-view"),
+    presetButton: $("window-preset"),
     enabled: () => machine.is("viewing", "sending"),
   });
 
@@ -408,6 +409,7 @@ function start(app) {
     zoomIn: () => viewer.zoom(1.25),
     zoomOut: () => viewer.zoom(1 / 1.25),
     resetView: () => viewer.reset(),
+    windowPreset: () => viewer.nextPreset(),
     continue: () => (machine.is("feedback") ? leaveFeedback() : false),
   };
   // While a practice answer's truth is shown, only going on does anything.

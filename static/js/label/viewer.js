@@ -1,15 +1,33 @@
-// The image viewer: zoom (wheel, + / -), pan (drag), window and level (Shift-drag, sliders),
-// reset (0). It shows what it is given and knows nothing of answers.
+// The image viewer: zoom (wheel, + / -), pan (drag), window and level (Shift-drag, sliders,
+// presets with W), reset (0). It shows what it is given and knows nothing of answers.
 
 const MIN_SCALE = 1;
 const MAX_SCALE = 12;
 const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
 
+// Window presets on the normalised image every reader gets (grey levels 0 to 1, not Hounsfield
+// units: radiographs have none): the range [low, high] is stretched over the whole screen.
+export const PRESETS = Object.freeze([
+  { name: "Default", low: 0, high: 1 },
+  { name: "Lung", low: 0, high: 0.55 }, // the dark range: lung fields, vessels, edges of the lung
+  { name: "Mediastinum", low: 0.35, high: 0.9 }, // the middle: heart, mediastinum, soft tissue
+  { name: "Bone", low: 0.55, high: 1 }, // the bright range: ribs, spine, clavicles, devices
+]);
+
+/** The filter's brightness b and contrast c (applied in that order, as apply() writes them) that
+ * map grey level `low` to black and `high` to white: (v b - 1/2) c + 1/2. */
+export function windowFilter(low, high) {
+  const width = high - low;
+  return { brightness: 1 / (width + 2 * low), contrast: 1 + (2 * low) / width };
+}
+
 export class Viewer {
   /** `enabled()` says whether the image may be moved now (on screen, not paused). */
-  constructor({ stage, img, contrastInput, brightnessInput, zoomReadout, resetButton, enabled }) {
-    Object.assign(this, { stage, img, contrastInput, brightnessInput, zoomReadout, enabled });
+  constructor({ stage, img, contrastInput, brightnessInput, zoomReadout, resetButton, presetButton, enabled }) {
+    Object.assign(this, { stage, img, contrastInput, brightnessInput, zoomReadout, presetButton, enabled });
     this.view = { scale: 1, tx: 0, ty: 0, contrast: 1, brightness: 1 };
+    this.preset = 0; // index into PRESETS; null once contrast or brightness is changed by hand
+    presetButton.addEventListener("click", () => this.nextPreset());
     this.drag = null;
     stage.addEventListener("wheel", (e) => this.onWheel(e), { passive: false });
     stage.addEventListener("pointerdown", (e) => this.onPointerDown(e));
@@ -18,10 +36,12 @@ export class Viewer {
     stage.addEventListener("pointercancel", (e) => this.endDrag(e));
     contrastInput.addEventListener("input", () => {
       this.view.contrast = 2 ** Number(contrastInput.value);
+      this.preset = null;
       this.apply();
     });
     brightnessInput.addEventListener("input", () => {
       this.view.brightness = 2 ** Number(brightnessInput.value);
+      this.preset = null;
       this.apply();
     });
     resetButton.addEventListener("click", () => this.reset());
@@ -39,17 +59,29 @@ export class Viewer {
     img.style.filter =
       view.contrast === 1 && view.brightness === 1
         ? ""
-        : `contrast(${view.contrast.toFixed(3)}) brightness(${view.brightness.toFixed(3)})`;
+        : `brightness(${view.brightness.toFixed(4)}) contrast(${view.contrast.toFixed(4)})`;
     // The sliders are in powers of two, so that "unchanged" sits in the middle.
     this.contrastInput.value = String(Math.log2(view.contrast));
     this.brightnessInput.value = String(Math.log2(view.brightness));
     this.contrastInput.setAttribute("aria-valuetext", `${Math.round(view.contrast * 100)}%`);
     this.brightnessInput.setAttribute("aria-valuetext", `${Math.round(view.brightness * 100)}%`);
     this.zoomReadout.textContent = `${Math.round(view.scale * 100)}%`;
+    const name = this.preset === null ? "Custom" : PRESETS[this.preset].name;
+    this.presetButton.querySelector(".preset-name").textContent = name;
+    this.presetButton.setAttribute("aria-label", `Window: ${name}. Next preset`);
   }
 
   reset() {
     Object.assign(this.view, { scale: 1, tx: 0, ty: 0, contrast: 1, brightness: 1 });
+    this.preset = 0;
+    this.apply();
+  }
+
+  /** The window preset after the current one (Default after a change by hand); zoom and pan stay. */
+  nextPreset() {
+    this.preset = this.preset === null ? 0 : (this.preset + 1) % PRESETS.length;
+    const { low, high } = PRESETS[this.preset];
+    Object.assign(this.view, windowFilter(low, high));
     this.apply();
   }
 
@@ -103,6 +135,7 @@ export class Viewer {
     if (drag.windowing) {
       view.contrast = clamp(drag.contrast * 2 ** (dx / 150), 2 ** -2, 2 ** 2);
       view.brightness = clamp(drag.brightness * 2 ** (-dy / 150), 2 ** -1.5, 2 ** 1.5);
+      this.preset = null;
     } else {
       view.tx = drag.tx + dx;
       view.ty = drag.ty + dy;
