@@ -29,6 +29,11 @@ ANSWER_COLUMNS = [
     "is_repeat",
     "answered_at",
 ]
+# Written after ANSWER_COLUMNS since issue 15, and not needed to read a file: one written before
+# them reads the same. `reasons`: what gave the image away, `;`-joined in the study's order;
+# `reason_text`: the reader's note.
+REASON_COLUMNS = ["reasons", "reason_text"]
+WRITTEN_COLUMNS = ANSWER_COLUMNS + REASON_COLUMNS
 LABELS = ("real", "fake", "unsure")  # codes 0, 1, 2
 LABEL_CODE = {label: code for code, label in enumerate(LABELS)}
 POOLED_GROUPS = ("all", "real")
@@ -335,6 +340,8 @@ def answers_csv_line(row: dict) -> list[str]:
         str(row["position"]),
         "true" if row["is_repeat"] else "false",
         answered.isoformat() if hasattr(answered, "isoformat") else str(answered or ""),
+        text_cell(";".join(row.get("reasons") or [])),
+        text_cell(row.get("reason_text") or ""),
     ]
 
 
@@ -342,7 +349,7 @@ def answers_csv_chunks(rows, *, lines_per_chunk: int = 2000):
     """The text of answers.csv, header first, in chunks of lines, with constant memory."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(ANSWER_COLUMNS)
+    writer.writerow(WRITTEN_COLUMNS)
     count = 0
     for row in rows:
         writer.writerow(answers_csv_line(row))

@@ -171,8 +171,9 @@ DEMO_STUDY_REAL = 12
 DEMO_STUDY_SYNTHETIC = 12
 DEMO_INSTRUCTIONS = """Each image is either a **real** radiograph or made by a **generative model**.
 
-Press **R** for real, **F** for fake (synthetic), **U** if unsure. Zoom with the mouse wheel, pan by
-dragging, Shift-drag for window and level, **0** to reset.
+Press **R** for real, **F** for fake (synthetic), **U** if unsure. After **F**, say what gave the
+image away if you can (keys **1**-**7**), then **Enter** (alone: no reason). Zoom with the mouse
+wheel, pan by dragging, Shift-drag or **W** for window and level, **0** to reset.
 
 *Demo: the 'real' images are procedural phantoms, and the model is a small one trained for a few
 minutes on other phantoms.*"""
@@ -232,7 +233,11 @@ def demo_study_advance(*, readers, researcher=None):
         if job := model.training_jobs.first():
             _model_settle(model, job)
         study = Study.objects.create(
-            title=DEMO_STUDY, instructions=DEMO_INSTRUCTIONS, real_count=DEMO_STUDY_REAL, practice_count=2
+            title=DEMO_STUDY,
+            instructions=DEMO_INSTRUCTIONS,
+            real_count=DEMO_STUDY_REAL,
+            practice_count=2,
+            ask_reasons=Study.AskReasons.FAKE,
         )
         study.real_sets.add(ImageSet.objects.get(name=DEMO_PHANTOM_SET))
         StudyModel.objects.create(study=study, model=model, count=DEMO_STUDY_SYNTHETIC)

@@ -45,7 +45,7 @@ def _image_facts(study: Study) -> dict[int, tuple[str, str, str]]:
 
 
 def answer_rows(study: Study, *, chunk_size: int = 5000, include_removed: bool = False) -> Iterator[dict]:
-    """Every read of the study, as dicts keyed by ANSWER_COLUMNS, with constant memory."""
+    """Every read of the study, as dicts keyed by WRITTEN_COLUMNS, with constant memory."""
     names = reader_pseudonyms(study, include_removed=include_removed)
     practice = dict(
         Presentation.objects.filter(study=study, is_practice=True)
@@ -66,6 +66,8 @@ def answer_rows(study: Study, *, chunk_size: int = 5000, include_removed: bool =
             "presentation__position",
             "presentation__is_repeat",
             "updated",
+            "reasons",
+            "reason_text",
         )
     )
     with transaction.atomic():
@@ -74,7 +76,18 @@ def answer_rows(study: Study, *, chunk_size: int = 5000, include_removed: bool =
             # wanted here, which a hash join and one sort deliver twice as fast.
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL cursor_tuple_fraction = 1.0")
-        for reader, image, label, confidence, ms, position, repeat, answered in answers.iterator(chunk_size):
+        for (
+            reader,
+            image,
+            label,
+            confidence,
+            ms,
+            position,
+            repeat,
+            answered,
+            reasons,
+            note,
+        ) in answers.iterator(chunk_size):
             if reader not in names:
                 continue  # a reader taken out of the study: their answers count only when asked
             truth, model, prompt = images[image]
@@ -91,6 +104,8 @@ def answer_rows(study: Study, *, chunk_size: int = 5000, include_removed: bool =
                 "position": position - practice.get(reader, 0) + 1,
                 "is_repeat": repeat,
                 "answered_at": answered,
+                "reasons": reasons,
+                "reason_text": note,
             }
 
 

@@ -21,7 +21,18 @@ READER_DEFERRED = ("audit_report", "preparation_error", "override_reason")
 # the rest of the request, the database included (docs/benchmarks.md, "Labelling at scale").
 # Tables and columns come from the models, so a renamed field fails the tests, not production.
 # What the reader's views use of the study and the image; anything else loads when first used.
-_STUDY_FIELDS = ("id", "status", "allow_unsure", "ask_confidence", "allow_back", "time_limit_seconds")
+_STUDY_FIELDS = (
+    "id",
+    "status",
+    "allow_unsure",
+    "ask_confidence",
+    "allow_back",
+    "time_limit_seconds",
+    "ask_reasons",
+    "reason_choices",
+    "reasons_required",
+    "ask_reason_text",
+)
 _IMAGE_FIELDS = ("id", "origin", "file", "source_sha256")
 
 
@@ -56,7 +67,10 @@ def _loaded(model, names, values):
     for index, column, converters in _converters(model, tuple(names), connection.vendor):
         for converter in converters:
             converted[index] = converter(converted[index], column, connection)
-    return model.from_db(connection.alias, names, converted)
+    # from_db takes some columns in the model's order, whatever the order of `names`.
+    by_name = dict(zip(names, converted, strict=True))
+    ordered = [f.attname for f in model._meta.concrete_fields if f.attname in by_name]
+    return model.from_db(connection.alias, ordered, [by_name[name] for name in ordered])
 
 
 @functools.cache

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from .blinding import reader_problem
 from .models import Answer, Presentation, Study, StudyReader
+from .models.studies import MAX_REASON_TEXT
 
 
 class AnswerRefused(Exception):
@@ -64,7 +65,9 @@ def study_reader_remove(*, study: Study, reader) -> StudyReader:
     return place
 
 
-def answer_submit(*, presentation: Presentation, label: str, confidence=None, viewing_ms=0) -> Answer:
+def answer_submit(
+    *, presentation: Presentation, label: str, confidence=None, viewing_ms=0, reasons=(), reason_text=""
+) -> Answer:
     """Record a reader's answer; a second submission of the same one changes nothing.
 
     A double click, a retried request or two open tabs all end with exactly one
@@ -87,6 +90,8 @@ def answer_submit(*, presentation: Presentation, label: str, confidence=None, vi
     else:
         confidence = None
     viewing_ms = _viewing_ms(viewing_ms)
+    reasons, reason_text = _reasons(study, label, list(reasons), str(reason_text or ""))
+    given = {"label": label, "confidence": confidence, "reasons": reasons, "reason_text": reason_text}
     # The first answer is the common case: insert it straight away; a second one (a retry, a
     # double click, a change) loses to the constraint and is dealt with as a change.
     # In autocommit the INSERT is its own transaction (BEGIN and COMMIT would be two more round
@@ -94,12 +99,36 @@ def answer_submit(*, presentation: Presentation, label: str, confidence=None, vi
     first = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     try:
         with first:
-            return Answer.objects.create(
-                presentation=presentation, label=label, confidence=confidence, viewing_ms=viewing_ms
-            )
+            return Answer.objects.create(presentation=presentation, viewing_ms=viewing_ms, **given)
     except IntegrityError:
         existing = Answer.objects.get(presentation=presentation)
-    return _answer_change(existing, study=study, label=label, confidence=confidence, viewing_ms=viewing_ms)
+    return _answer_change(existing, study=study, given=given, viewing_ms=viewing_ms)
+
+
+def reasons_asked(study: Study, label: str) -> bool:
+    return study.ask_reasons == Study.AskReasons.ALWAYS or (
+        study.ask_reasons == Study.AskReasons.FAKE and label == Answer.Label.FAKE
+    )
+
+
+def _reasons(study: Study, label: str, reasons: list, text: str) -> tuple[list[str], str]:
+    """The reasons in the study's order, each once, and the note; refused where not asked, unknown
+    or (where the study requires them) missing."""
+    text = text.strip()
+    if not reasons_asked(study, label):
+        if reasons or text:
+            raise AnswerRefused("This study does not ask reasons for this answer.")
+        return [], ""
+    unknown = [reason for reason in reasons if reason not in study.reason_choices]
+    if unknown:
+        raise AnswerRefused(f"Unknown reason {str(unknown[0])[:60]!r}: choose from the study's list.")
+    if text and not study.ask_reason_text:
+        raise AnswerRefused("This study asks no note with the reasons.")
+    if len(text) > MAX_REASON_TEXT:
+        raise AnswerRefused(f"Keep the note under {MAX_REASON_TEXT} characters.")
+    if study.reasons_required and not reasons and not text:
+        raise AnswerRefused("Give at least one reason" + (" or a note." if study.ask_reason_text else "."))
+    return [reason for reason in study.reason_choices if reason in reasons], text
 
 
 def _viewing_ms(value) -> int:
@@ -114,19 +143,24 @@ def _viewing_ms(value) -> int:
     return min(int(text), 24 * 3600 * 1000)
 
 
-def _answer_change(answer: Answer, *, study: Study, label: str, confidence, viewing_ms: int) -> Answer:
+def _answer_change(answer: Answer, *, study: Study, given: dict, viewing_ms: int) -> Answer:
     """A second answer to the same presentation: a retry changes nothing; a change needs allow_back.
 
     Where going back is not allowed, the first answer stands (a double click or
     a second tab is not a change of mind). A change adds its viewing time, so
     `viewing_ms` stays the whole time the image was looked at.
     """
-    if not study.allow_back or (answer.label, answer.confidence) == (label, confidence):
+
+    def same(row: Answer) -> bool:
+        return all(getattr(row, name) == value for name, value in given.items())
+
+    if not study.allow_back or same(answer):
         return answer
     with transaction.atomic():
         answer = Answer.objects.select_for_update().get(pk=answer.pk)
-        if (answer.label, answer.confidence) != (label, confidence):
-            answer.label, answer.confidence = label, confidence
+        if not same(answer):
+            for name, value in given.items():
+                setattr(answer, name, value)
             answer.viewing_ms = min(answer.viewing_ms + viewing_ms, 24 * 3600 * 1000)
-            answer.save(update_fields=["label", "confidence", "viewing_ms", "updated"])
+            answer.save(update_fields=[*given, "viewing_ms", "updated"])
     return answer

@@ -74,6 +74,10 @@ def study_label(request, study_id):
         "ask_confidence": study.ask_confidence,
         "allow_unsure": study.allow_unsure,
         "allow_back": study.allow_back,
+        "ask_reasons": study.ask_reasons,
+        "reason_choices": study.reason_choices if study.ask_reasons != Study.AskReasons.NEVER else [],
+        "reasons_required": study.reasons_required,
+        "ask_reason_text": study.ask_reason_text,
         "time_limit_ms": (study.time_limit_seconds or 0) * 1000,
         "time_limit_s": study.time_limit_seconds,
         "first_visit": state.answered == 0,
@@ -101,7 +105,11 @@ def _item(presentation, state) -> dict | None:
         previous = presentation.previous_id
         item["previous"] = str(previous) if previous else None
         answer = presentation.given
-        item["answer"] = {"label": answer.label, "confidence": answer.confidence} if answer else None
+        item["answer"] = (
+            {"label": answer.label, "confidence": answer.confidence, "reasons": answer.reasons}
+            if answer
+            else None
+        )
     return item
 
 
@@ -128,6 +136,8 @@ def presentation_answer(request, presentation_id):
             label=request.POST.get("label", ""),
             confidence=request.POST.get("confidence"),
             viewing_ms=request.POST.get("viewing_ms", 0),
+            reasons=request.POST.getlist("reasons"),
+            reason_text=request.POST.get("reason_text", ""),
         )
     except StudyClosed as exc:
         return JsonResponse({"error": str(exc), "closed": True}, status=409)

@@ -25,6 +25,7 @@ from ..lifecycle import (
     study_prepare,
 )
 from ..models import Presentation, Study, StudyModel, StudyReader
+from ..models.studies import MAX_REASON_LENGTH, MAX_REASONS, default_reason_choices
 from ..readers import parse_new_readers, password_link, readers_create
 from ..selectors import study_progress
 from ..services import study_reader_add, study_reader_remove
@@ -34,6 +35,36 @@ from .results import results_download, results_page_context
 Status = Study.Status
 DESIGN_FIELDS = ["real_sets", "real_count", "image_size", "practice_count", "repeat_percent"]
 ANSWER_FIELDS = ["allow_unsure", "ask_confidence", "allow_back", "time_limit_seconds"]
+REASON_FIELDS = ["ask_reasons", "reason_choices", "reasons_required", "ask_reason_text"]
+
+
+class ReasonLines(forms.CharField):
+    """The reasons offered, one per line, stored as a list."""
+
+    widget = forms.Textarea(attrs={"rows": 8, "cols": 40})
+
+    def prepare_value(self, value):
+        if isinstance(value, list | tuple):
+            return "\n".join(value)
+        return value
+
+    def to_python(self, value):
+        lines = [line.strip() for line in (super().to_python(value) or "").splitlines()]
+        return [line for line in lines if line]
+
+    def validate(self, value):
+        if len(value) > MAX_REASONS:
+            raise ValidationError(f"At most {MAX_REASONS} reasons: one key (1 to {MAX_REASONS}) each.")
+        long = [reason for reason in value if len(reason) > MAX_REASON_LENGTH]
+        if long:
+            raise ValidationError(f"Keep each reason under {MAX_REASON_LENGTH} characters: {long[0][:80]!r}.")
+        if any(";" in reason for reason in value):
+            raise ValidationError("A reason cannot hold ';': answers.csv joins a read's reasons with it.")
+        seen = {reason.casefold() for reason in value}
+        if len(seen) != len(value):
+            raise ValidationError("Each reason once.")
+        for reason in value:
+            no_formula_start(reason)
 
 
 class StudyModelInline(admin.TabularInline):
@@ -58,9 +89,24 @@ class StudyModelInline(admin.TabularInline):
 
 
 class StudyForm(forms.ModelForm):
+    reason_choices = ReasonLines(
+        required=False,
+        initial=default_reason_choices,
+        label="Reasons",
+        help_text=f"One per line, at most {MAX_REASONS} (keys 1 to {MAX_REASONS}, in this order). "
+        "Readers see them after choosing their label.",
+    )
+
     class Meta:
         model = Study
-        fields = [*["title", "instructions"], *DESIGN_FIELDS, *ANSWER_FIELDS]
+        fields = [*["title", "instructions"], *DESIGN_FIELDS, *ANSWER_FIELDS, *REASON_FIELDS]
+
+    def clean(self):
+        cleaned = super().clean()
+        asked = cleaned.get("ask_reasons", Study.AskReasons.NEVER) != Study.AskReasons.NEVER
+        if asked and not cleaned.get("reason_choices") and not cleaned.get("ask_reason_text"):
+            self.add_error("reason_choices", "List the reasons to offer (or offer a free-text note).")
+        return cleaned
 
     def clean_title(self):
         no_formula_start(self.cleaned_data["title"])
@@ -125,6 +171,7 @@ class StudyAdmin(admin.ModelAdmin):
         (None, {"fields": ["title", "instructions"]}),
         ("Images", {"fields": DESIGN_FIELDS}),
         ("Answers", {"fields": ANSWER_FIELDS}),
+        ("Why an image looks fake", {"fields": REASON_FIELDS}),
     ]
 
     def get_queryset(self, request):
@@ -150,9 +197,9 @@ class StudyAdmin(admin.ModelAdmin):
             return []
         frozen = list(DESIGN_FIELDS)
         if obj.status == Status.PREPARING:  # the page reloads itself: nothing to type there
-            return ["title", "instructions", *DESIGN_FIELDS, *ANSWER_FIELDS]
+            return ["title", "instructions", *DESIGN_FIELDS, *ANSWER_FIELDS, *REASON_FIELDS]
         if obj.status in (Status.OPEN, Status.CLOSED):
-            frozen += ANSWER_FIELDS
+            frozen += ANSWER_FIELDS + REASON_FIELDS
         return frozen
 
     def get_urls(self):

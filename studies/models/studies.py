@@ -8,6 +8,24 @@ from django.db.models import Q
 
 from .images import reader_image_name
 
+# A study's default list of what may give a synthetic chest radiograph away; editable per study.
+DEFAULT_REASONS = (
+    "Anatomy",
+    "Texture or noise",
+    "Bones",
+    "Devices or lines",
+    "Text or markers",
+    "Edges or borders",
+    "Other",
+)
+MAX_REASONS = 9  # one digit key each
+MAX_REASON_LENGTH = 60
+MAX_REASON_TEXT = 500
+
+
+def default_reason_choices() -> list[str]:
+    return list(DEFAULT_REASONS)
+
 
 class Study(models.Model):
     """A reader study: which images, which readers, how they answer, in which state."""
@@ -28,6 +46,29 @@ class Study(models.Model):
         default=False, help_text="Ask a confidence from 1 to 5 with each answer."
     )
     allow_back = models.BooleanField(default=False, help_text="Let readers go back and change answers.")
+
+    class AskReasons(models.TextChoices):
+        NEVER = "never", "Never"
+        FAKE = "fake", "On images called fake"
+        ALWAYS = "always", "On every image"
+
+    ask_reasons = models.CharField(
+        max_length=8,
+        choices=AskReasons.choices,
+        default=AskReasons.NEVER,
+        help_text="Ask readers what gave an image away (keys 1-9 after the label).",
+    )
+    reason_choices = models.JSONField(
+        default=default_reason_choices,
+        blank=True,
+        help_text="The reasons offered, in order (at most 9: one key each).",
+    )
+    reasons_required = models.BooleanField(
+        default=False, help_text="A reader must give at least one reason (or a note) where reasons are asked."
+    )
+    ask_reason_text = models.BooleanField(
+        default=False, help_text="Offer a short free-text note with the reasons."
+    )
     # What the study shows: drawn at "prepare", frozen when the study opens.
     real_sets = models.ManyToManyField(
         "studies.ImageSet",
@@ -231,6 +272,10 @@ class Answer(models.Model):
     viewing_ms = models.PositiveIntegerField(
         help_text="From the image being shown to the answer, pauses excluded."
     )
+    reasons = models.JSONField(
+        default=list, blank=True, help_text="What gave the image away, from the study's list, in its order."
+    )
+    reason_text = models.CharField(max_length=MAX_REASON_TEXT, blank=True, help_text="The reader's own note.")
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 

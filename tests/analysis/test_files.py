@@ -10,7 +10,7 @@ import pytest
 
 from analysis.cells import text_cell, text_from_cell
 from analysis.files import cell, imrmc_csv, imrmc_names, result_files, summary_csv
-from analysis.reads import ANSWER_COLUMNS, AnswersError, answers_csv_chunks, read_answers
+from analysis.reads import ANSWER_COLUMNS, WRITTEN_COLUMNS, AnswersError, answers_csv_chunks, read_answers
 from analysis.summary import summarize
 from tests.analysis.reads_fixtures import answer_dicts, formula_cells, make_reads
 from tests.analysis.test_summary import HAND
@@ -27,7 +27,7 @@ def parse(text: str):
 def test_written_answers_read_back_as_the_same_reads():
     rows = HAND + [("A", "r1", "", "fake", None, True, 3.25)]
     text = answers_text(rows)
-    assert text.splitlines()[0] == ",".join(ANSWER_COLUMNS)
+    assert text.splitlines()[0] == ",".join(WRITTEN_COLUMNS)
     back, direct = parse(text), make_reads(rows)
     for name in ("readers", "images", "models"):
         assert getattr(back, name) == getattr(direct, name)
@@ -124,7 +124,7 @@ def test_inconsistent_reads_are_refused():
 
 def test_a_file_that_is_not_answers_csv(tmp_path):
     assert "the file is empty" in bad("")
-    assert "fields where the header has 12" in bad(answers_text(HAND) + "1,A,x\n")
+    assert "fields where the header has 14" in bad(answers_text(HAND) + "1,A,x\n")
     binary = tmp_path / "answers.csv"
     binary.write_bytes(b"\xff\xfe\x00junk")
     with pytest.raises(AnswersError, match="not UTF-8"):
@@ -251,3 +251,24 @@ def test_the_analysis_imports_no_django():
     code = "import sys, analysis.cli, analysis.summary, analysis.files; print('django' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_file_written_before_the_reason_columns_reads_the_same():
+    """answers.csv gained `reasons` and `reason_text` (issue 15); a file without them still reads."""
+    text = answers_text(HAND)
+    old = io.StringIO()
+    csv.writer(old, lineterminator="\n").writerows(
+        line[: len(ANSWER_COLUMNS)] for line in csv.reader(io.StringIO(text))
+    )
+    assert old.getvalue().splitlines()[0] == ",".join(ANSWER_COLUMNS)
+    a = summary_csv(summarize(parse(text), replicates=100))
+    b = summary_csv(summarize(parse(old.getvalue()), replicates=100))
+    assert a == b
+
+
+def test_reasons_are_written_joined_and_never_as_a_formula():
+    rows = answer_dicts(HAND[:2])
+    rows[0]["reasons"], rows[0]["reason_text"] = ["Bones", "Texture or noise"], "=HYPERLINK(1)"
+    lines = list(csv.reader(io.StringIO("".join(answers_csv_chunks(rows)))))
+    assert lines[1][-2:] == ["Bones;Texture or noise", "'=HYPERLINK(1)"]
+    assert lines[2][-2:] == ["", ""]

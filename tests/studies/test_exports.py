@@ -7,7 +7,7 @@ import zipfile
 import pytest
 from django.core.management import CommandError, call_command
 
-from analysis.reads import ANSWER_COLUMNS
+from analysis.reads import ANSWER_COLUMNS, WRITTEN_COLUMNS
 from generation.models import GenerativeModel
 from studies.exports import answer_rows, export_to_folder, results_zip_stream
 from studies.models import Presentation, StudyModel
@@ -40,7 +40,7 @@ def test_every_study_answer_is_a_row_and_practice_never_is(reader, outsider):
     study = make_open_study(reader, images=4, practice=2, readers=[outsider])
     answer_everything(study, skip=lambda p: p.reader == outsider and p.position > 3)  # stopped half way
     rows = list(answer_rows(study))
-    assert all(list(row) == ANSWER_COLUMNS for row in rows)
+    assert all(list(row) == WRITTEN_COLUMNS for row in rows)
     assert len(rows) == 4 + 2  # practice answered by both, never exported
     assert {row["reader"] for row in rows} == {"R001", "R002"}
     assert "reader" not in {row["reader"] for row in rows} and "outsider" not in str(rows)
@@ -141,7 +141,7 @@ def test_the_zip_streams_every_file(reader, outsider):
     assert archive.testzip() is None
     assert sorted(archive.namelist()) == EVERY_FILE
     lines = archive.read("answers.csv").decode().splitlines()
-    assert lines[0] == ",".join(ANSWER_COLUMNS) and len(lines) == 1 + 12
+    assert lines[0] == ",".join(WRITTEN_COLUMNS) and len(lines) == 1 + 12
 
 
 def test_analyze_csv_names_the_bad_line_and_writes_nothing(tmp_path):

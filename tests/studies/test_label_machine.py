@@ -14,7 +14,14 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 # The table as the page must have it: state -> event -> next state.
 TABLE = {
     "loading": {"shown": "viewing", "finished": "leaving", "failed": "stopped"},
-    "viewing": {"answer": "sending", "pause": "paused", "back": "loading", "failed": "stopped"},
+    "viewing": {
+        "answer": "sending",
+        "explain": "explaining",
+        "pause": "paused",
+        "back": "loading",
+        "failed": "stopped",
+    },
+    "explaining": {"answer": "sending", "cancel": "viewing", "failed": "stopped"},
     "paused": {"resume": "viewing", "failed": "stopped"},
     "sending": {"accepted": "loading", "feedback": "feedback", "refused": "viewing", "failed": "stopped"},
     "feedback": {"continue": "loading", "failed": "stopped"},

@@ -86,7 +86,7 @@ def test_going_back_costs_no_query_per_image(client, reader, django_assert_num_q
     assert state["current"]["previous"] is not None
     with django_assert_num_queries(5):  # and the answered presentation stepped back to
         back = client.get(f"/study/{study.pk}/state", {"at": state["current"]["previous"]}).json()
-    assert back["current"]["answer"] == {"label": "fake", "confidence": None}
+    assert back["current"]["answer"] == {"label": "fake", "confidence": None, "reasons": []}
     assert back["next"]["id"] == state["current"]["id"]
 
 

@@ -27,6 +27,7 @@ def create_in_admin(client, image_set, model) -> Study:
         "practice_count": 0,
         "repeat_percent": 0,
         "allow_unsure": "on",
+        "ask_reasons": "never",
         "arms-TOTAL_FORMS": 1,
         "arms-INITIAL_FORMS": 0,
         "arms-0-model": model.pk,

@@ -8,7 +8,9 @@ export const TRANSITIONS = Object.freeze({
   // An image (or the first state) is on its way from the server.
   loading: { shown: "viewing", finished: "leaving", failed: "stopped" },
   // The image is on screen; the clock runs.
-  viewing: { answer: "sending", pause: "paused", back: "loading", failed: "stopped" },
+  viewing: { answer: "sending", explain: "explaining", pause: "paused", back: "loading", failed: "stopped" },
+  // The label is chosen; the reader says what gave the image away (where the study asks), or not.
+  explaining: { answer: "sending", cancel: "viewing", failed: "stopped" },
   // The image is hidden and the clock stopped (a key, a button, or the tab left).
   paused: { resume: "viewing", failed: "stopped" },
   // An answer is on its way (kept and sent again through an outage).

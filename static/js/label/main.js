@@ -26,6 +26,8 @@ function start(app) {
     askConfidence: app.dataset.askConfidence === "true",
     allowUnsure: app.dataset.allowUnsure === "true",
     allowBack: app.dataset.allowBack === "true",
+    askReasons: app.dataset.askReasons || "never", // never | fake | always
+    reasonsRequired: app.dataset.reasonsRequired === "true",
     timeLimitMs: Number(app.dataset.timeLimitMs || 0),
   };
 
@@ -50,6 +52,9 @@ function start(app) {
   const confButtons = [...document.querySelectorAll(".conf-btn")];
   const answerGroup = document.querySelector(".answer-group");
   const confGroup = document.querySelector(".confidence-group");
+  const reasonsPanel = $("reasons-panel");
+  const reasonButtons = [...document.querySelectorAll(".reason-btn")];
+  const reasonText = $("reason-text");
 
   const machine = new Machine("loading");
   const server = new Server({
@@ -68,14 +73,14 @@ function start(app) {
     zoomReadout: $("zoom-readout"),
     resetButton: $("reset-view"),
     presetButton: $("window-preset"),
-    enabled: () => machine.is("viewing", "sending"),
+    enabled: () => machine.is("viewing", "sending", "explaining"),
   });
 
   // ---- What belongs to the image on screen ---------------------------------------------
   let current = null; // {id, image, n, total, previous, answer} of the image on screen
   let shownUrl = null; // blob: URL on screen
   let prefetched = null; // {id, promise of a blob: URL or null}
-  let choice = { label: null, confidence: null };
+  let choice = { label: null, confidence: null, reasons: new Set(), labelMs: null };
   // Back at an answered image: its earlier answer, marked apart from `choice`, which
   // starts empty so that a change is sent only once label (and confidence) are chosen anew.
   let earlier = null;
@@ -114,6 +119,15 @@ function start(app) {
       button.setAttribute("aria-pressed", String(Number(button.dataset.confidence) === choice.confidence));
       button.classList.toggle("is-earlier", earlier?.confidence === Number(button.dataset.confidence));
     }
+    if (reasonsPanel) {
+      const explaining = machine.is("explaining");
+      reasonsPanel.hidden = !explaining;
+      for (const button of reasonButtons) {
+        button.disabled = !explaining;
+        button.setAttribute("aria-pressed", String(choice.reasons.has(button.dataset.reason)));
+        button.classList.toggle("is-earlier", Boolean(earlier?.reasons?.includes(button.dataset.reason)));
+      }
+    }
     if (cfg.askConfidence) {
       answerGroup.classList.toggle("needs", active && choice.confidence !== null && choice.label === null);
       confGroup.classList.toggle("needs", active && choice.label !== null && choice.confidence === null);
@@ -137,7 +151,9 @@ function start(app) {
           ? "ready"
           : machine.is("sending")
             ? "sending"
-            : "busy";
+            : machine.is("explaining")
+              ? "explaining"
+              : "busy";
     if (active && focusBack && (document.activeElement === document.body || document.activeElement === null)) {
       if (focusBack.isConnected && !focusBack.disabled) focusBack.focus({ preventScroll: true });
       focusBack = null;
@@ -240,7 +256,7 @@ function start(app) {
 
   /** Show a presentation (in state loading): load its image, swap it in, reset the view, start the clock. */
   async function show(item, nextItem) {
-    choice = { label: null, confidence: null };
+    clearChoice();
     earlier = null;
     acceptAfter = Infinity;
     timeUp = false;
@@ -301,6 +317,13 @@ function start(app) {
   }
 
   // ---- Answering -------------------------------------------------------------------------
+  function clearChoice() {
+    choice = { label: null, confidence: null, reasons: new Set(), labelMs: null };
+    if (reasonText) reasonText.value = "";
+  }
+
+  const reasonsAsked = (label) => cfg.askReasons === "always" || (cfg.askReasons === "fake" && label === "fake");
+
   function choose(label) {
     if (!canAnswer()) return;
     if (label === "unsure" && !cfg.allowUnsure) return;
@@ -320,12 +343,53 @@ function start(app) {
       render();
       return;
     }
+    choice.labelMs = viewingMs(); // the viewing time is up to the label; reasons are extra
+    if (reasonsAsked(choice.label)) {
+      machine.send("explain");
+      (reasonButtons[0] ?? reasonText)?.focus({ preventScroll: true });
+      return;
+    }
     submit();
   }
 
+  function toggleReason(index) {
+    const button = reasonButtons[index];
+    if (!machine.is("explaining") || !button) return false;
+    const reason = button.dataset.reason;
+    if (choice.reasons.has(reason)) choice.reasons.delete(reason);
+    else choice.reasons.add(reason);
+    render();
+  }
+
+  function sendReasons() {
+    if (!machine.is("explaining")) return false;
+    if (cfg.reasonsRequired && choice.reasons.size === 0 && !reasonText?.value.trim()) {
+      setStatus(`Give at least one reason${reasonText ? " or a note" : ""}, then send.`, "warn");
+      return;
+    }
+    submit();
+  }
+
+  function cancelReasons() {
+    if (!machine.is("explaining")) return false;
+    clearChoice();
+    setStatus("");
+    machine.send("cancel");
+  }
+
   const submit = guarded(async () => {
-    const fields = { label: choice.label, viewing_ms: String(viewingMs()) };
-    if (cfg.askConfidence) fields.confidence = String(choice.confidence);
+    const fields = [
+      ["label", choice.label],
+      ["viewing_ms", String(choice.labelMs ?? viewingMs())],
+    ];
+    if (cfg.askConfidence) fields.push(["confidence", String(choice.confidence)]);
+    if (machine.is("explaining")) {
+      // In the study's order, as the buttons are.
+      for (const button of reasonButtons) {
+        if (choice.reasons.has(button.dataset.reason)) fields.push(["reasons", button.dataset.reason]);
+      }
+      if (reasonText?.value.trim()) fields.push(["reason_text", reasonText.value.trim()]);
+    }
     machine.send("answer");
     let state;
     try {
@@ -333,7 +397,7 @@ function start(app) {
     } catch (err) {
       if (err instanceof HttpError && err.status === 400) {
         // Something the reader can fix (e.g. a confidence was missing): ask again.
-        choice = { label: null, confidence: null };
+        clearChoice();
         setStatus(err.data?.error || "That answer was not accepted. Please answer again.", "warn");
         machine.send("refused");
         return;
@@ -396,21 +460,43 @@ function start(app) {
   feedbackContinue.addEventListener("click", leaveFeedback);
   if (backBtn) backBtn.addEventListener("click", goBack);
   resumeBtn.addEventListener("click", () => setPaused(false));
+  reasonButtons.forEach((button, index) => button.addEventListener("click", () => toggleReason(index)));
+  $("reasons-send")?.addEventListener("click", sendReasons);
+  $("reasons-cancel")?.addEventListener("click", cancelReasons);
+  // In the note, Enter sends and Escape leaves the field (its other keys are the reader's text).
+  reasonText?.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.isComposing) {
+      e.preventDefault();
+      sendReasons();
+    } else if (e.key === "Escape") {
+      e.preventDefault();
+      reasonText.blur();
+    }
+  });
 
   const actions = {
     real: () => choose("real"),
     fake: () => choose("fake"),
     unsure: () => (cfg.allowUnsure ? choose("unsure") : false),
-    confidence: (key) => (cfg.askConfidence ? chooseConfidence(Number(key)) : false),
+    digit: (key) => {
+      if (machine.is("explaining")) return toggleReason(Number(key) - 1);
+      return cfg.askConfidence && Number(key) <= 5 ? chooseConfidence(Number(key)) : false;
+    },
     pause: () => setPaused(!machine.is("paused")),
     back: () => (cfg.allowBack ? goBack() : false),
     instructions: () => setInstructions(instructions.hidden),
-    escape: () => (instructions.hidden ? false : setInstructions(false)),
+    escape: () => {
+      if (!instructions.hidden) return setInstructions(false);
+      return cancelReasons();
+    },
     zoomIn: () => viewer.zoom(1.25),
     zoomOut: () => viewer.zoom(1 / 1.25),
     resetView: () => viewer.reset(),
     windowPreset: () => viewer.nextPreset(),
-    continue: () => (machine.is("feedback") ? leaveFeedback() : false),
+    continue: (key) => {
+      if (machine.is("feedback")) return leaveFeedback();
+      return key === "Enter" ? sendReasons() : false; // Space on a focused reason turns it on or off
+    },
   };
   // While a practice answer's truth is shown, only going on does anything.
   bindKeys(
