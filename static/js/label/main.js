@@ -346,7 +346,7 @@ function start(app) {
     choice.labelMs = viewingMs(); // the viewing time is up to the label; reasons are extra
     if (reasonsAsked(choice.label)) {
       machine.send("explain");
-      (reasonButtons[0] ?? reasonText)?.focus({ preventScroll: true });
+      $("reasons-send")?.focus({ preventScroll: true }); // off the disabled labels; Enter sends
       return;
     }
     submit();
