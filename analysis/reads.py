@@ -33,13 +33,20 @@ ANSWER_COLUMNS = [
 # them reads the same. `reasons`: what gave the image away, `;`-joined in the study's order;
 # `reason_text`: the reader's note.
 REASON_COLUMNS = ["reasons", "reason_text"]
-WRITTEN_COLUMNS = ANSWER_COLUMNS + REASON_COLUMNS
+# Where the image gave itself away, in whole pixels of the square image the reader saw (corners
+# inclusive; a point's two corners the same), and that image's side: all empty where none marked.
+REGION_COLUMNS = ["region", "region_x0", "region_y0", "region_x1", "region_y1", "image_size"]
+REGION_KINDS = ("point", "box")
+WRITTEN_COLUMNS = ANSWER_COLUMNS + REASON_COLUMNS + REGION_COLUMNS
+OPTIONAL_COLUMNS = ["reasons", *REGION_COLUMNS]  # read where present
+MAX_REASON_NAMES = 63  # a read's reasons are one bit each of an int64
 LABELS = ("real", "fake", "unsure")  # codes 0, 1, 2
 LABEL_CODE = {label: code for code, label in enumerate(LABELS)}
 POOLED_GROUPS = ("all", "real")
 MAX_ERRORS = 20  # problems listed; the rest are counted
 KEPT_ERRORS = 10000
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
+_NO_REGION = (math.nan,) * 4
 
 
 class AnswersError(ValueError):
@@ -66,6 +73,12 @@ class Reads:
     confidence: np.ndarray  # per read: 1..5, or 0 where the study did not ask
     seconds: np.ndarray  # per read: viewing time (NaN where unknown)
     repeat: np.ndarray  # per read: an intra-reader repeat
+    # What gave an image away and where (issue 15); empty in files written before.
+    reason_names: list[str] = ()  # in the order first given
+    reasons: np.ndarray | None = None  # per read: bit k set where reason_names[k] was given
+    # per read: the marked region as fractions of the image's side, (x0, y0, x1, y1) with
+    # x1, y1 past the last pixel; a point is its pixel's centre twice; NaN where none marked.
+    region: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.reader.size)
@@ -92,6 +105,9 @@ class ReadsBuilder:
             array(code) for code in "qqbbdbq"
         )  # reader image label conf seconds repeat line
         self._confidence_lines = [0, 0]  # the first line with, and without, a confidence
+        self._reason_names: dict[str, int] = {}
+        self._reasons = array("q")
+        self._region = array("f")  # four a read
         self.problems: list[tuple[int, str]] = []
         self._bad_line = None
         self.more = 0
@@ -103,8 +119,24 @@ class ReadsBuilder:
         else:
             self.more += 1
 
-    def add(self, *, line, study, reader, image, truth, model, label, confidence, seconds, is_repeat) -> None:
-        """One read with typed values (confidence None or 1..5, seconds a number or None)."""
+    def add(
+        self,
+        *,
+        line,
+        study,
+        reader,
+        image,
+        truth,
+        model,
+        label,
+        confidence,
+        seconds,
+        is_repeat,
+        reasons=(),
+        region=None,
+    ) -> None:
+        """One read with typed values (confidence None or 1..5, seconds a number or None, reasons
+        names, region None or {"kind", "x0", "y0", "x1", "y1", "size"} as REGION_COLUMNS)."""
         study, reader, image, model = str(study), str(reader), str(image), str(model or "")
         if self.study is None:
             self.study = study
@@ -131,6 +163,8 @@ class ReadsBuilder:
             self.problem(line, f"confidence {confidence!r} is outside 1..5")
         if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
             self.problem(line, f"seconds {seconds!r} is not a viewing time")
+        mask = self._reason_mask(line, reasons) if reasons else 0
+        box = _NO_REGION if region is None else self._region_fractions(line, region)
         if self._bad_line == line:  # a line with a problem is checked, never kept
             return
         kind = self._images.get(image)
@@ -164,6 +198,43 @@ class ReadsBuilder:
             strict=True,
         ):
             column.append(value)
+        self._reasons.append(mask)
+        self._region.extend(box)
+
+    def _reason_mask(self, line: int, reasons) -> int:
+        mask = 0
+        for name in reasons:
+            bit = self._reason_names.get(name)
+            if bit is None:
+                if not name or len(self._reason_names) >= MAX_REASON_NAMES:
+                    self.problem(
+                        line, f"reason {name!r}: " + ("empty" if not name else "too many distinct reasons")
+                    )
+                    continue
+                bit = self._reason_names[name] = len(self._reason_names)
+            mask |= 1 << bit
+        return mask
+
+    def _region_fractions(self, line: int, region: dict) -> tuple:
+        """The region as fractions of the image's side (see Reads.region), or a problem."""
+        kind, size = region.get("kind"), region.get("size")
+        corners = [region.get(name) for name in ("x0", "y0", "x1", "y1")]
+        if kind not in REGION_KINDS:
+            self.problem(line, f"unknown region {kind!r} (point, box, or empty for none)")
+        elif not (isinstance(size, int) and size > 0):
+            self.problem(line, f"image_size {size!r} is not a side in pixels")
+        elif not all(isinstance(c, int) and 0 <= c < size for c in corners):
+            self.problem(line, f"region corners {corners} are not all pixels from 0 to {size - 1}")
+        elif corners[2] < corners[0] or corners[3] < corners[1]:
+            self.problem(line, f"region corners {corners}: x0 <= x1 and y0 <= y1")
+        elif kind == "point" and corners[:2] != corners[2:]:
+            self.problem(line, f"a point's two corners differ: {corners}")
+        else:
+            x0, y0, x1, y1 = corners
+            if kind == "point":
+                return ((x0 + 0.5) / size, (y0 + 0.5) / size, (x0 + 0.5) / size, (y0 + 0.5) / size)
+            return (x0 / size, y0 / size, (x1 + 1) / size, (y1 + 1) / size)
+        return _NO_REGION
 
     def add_row(self, line: int, row: dict) -> None:
         """One read as a dict of typed answers.csv values (as the database export yields them)."""
@@ -178,6 +249,8 @@ class ReadsBuilder:
             confidence=row["confidence"],
             seconds=row["seconds"],
             is_repeat=bool(row["is_repeat"]),
+            reasons=row.get("reasons") or (),
+            region=region_of(row),
         )
 
     def _second_first_reads(self) -> None:
@@ -215,6 +288,7 @@ class ReadsBuilder:
         for old, (model, _) in enumerate(self._image_kind):
             image_model[image_code[old]] = model_code.get(model, 0)
         r, i, lab, conf, sec, rep, _ = (np.frombuffer(c, dtype=c.typecode) for c in self._columns)
+        region = np.frombuffer(self._region, dtype=np.float32).reshape(-1, 4)
         return Reads(
             study=self.study or "",
             readers=readers,
@@ -227,6 +301,9 @@ class ReadsBuilder:
             confidence=conf.copy(),
             seconds=sec.copy(),
             repeat=rep.astype(bool),
+            reason_names=list(self._reason_names),
+            reasons=np.frombuffer(self._reasons, dtype=np.int64).copy(),
+            region=region.copy() if np.isfinite(region).any() else None,
         )
 
 
@@ -263,7 +340,9 @@ def read_answers(file) -> Reads:
                 f"{', '.join(missing)} (answers.csv has {', '.join(ANSWER_COLUMNS)})"
             ]
         )
-    at = {name: header.index(name) for name in ANSWER_COLUMNS}
+    at = {name: header.index(name) for name in ANSWER_COLUMNS + OPTIONAL_COLUMNS if name in header}
+    if "region" in at and (lacking := [name for name in REGION_COLUMNS if name not in header]):
+        raise AnswersError([f"line 1: the header has region but lacks {', '.join(lacking)}"])
     builder = ReadsBuilder()
     width = len(header)
     try:
@@ -310,6 +389,14 @@ def _add_text_row(builder: ReadsBuilder, line: int, row: dict[str, str]) -> None
     repeat = _BOOLEANS.get(row["is_repeat"].strip().lower())
     if repeat is None:
         builder.problem(line, f"is_repeat {row['is_repeat']!r} is not true or false")
+    reasons = text_from_cell(row.get("reasons", "").strip())
+    region = None
+    if row.get("region", "").strip():
+        region = {"region": row["region"].strip()}
+        for column in REGION_COLUMNS[1:]:
+            text = row[column].strip()
+            region[column] = int(text) if text.isdecimal() and text.isascii() else text
+        region = region_of(region)
     builder.add(
         line=line,
         study=text_from_cell(row["study"].strip()),
@@ -321,6 +408,8 @@ def _add_text_row(builder: ReadsBuilder, line: int, row: dict[str, str]) -> None
         confidence=values["confidence"],
         seconds=values["seconds"],
         is_repeat=bool(repeat),
+        reasons=[name.strip() for name in reasons.split(";")] if reasons else (),
+        region=region,
     )
 
 
@@ -342,7 +431,23 @@ def answers_csv_line(row: dict) -> list[str]:
         answered.isoformat() if hasattr(answered, "isoformat") else str(answered or ""),
         text_cell(";".join(row.get("reasons") or [])),
         text_cell(row.get("reason_text") or ""),
+        *("" if row.get(name) is None else str(row[name]) for name in REGION_COLUMNS),
     ]
+
+
+_REGION_KEYS = dict(zip(REGION_COLUMNS, ("kind", "x0", "y0", "x1", "y1", "size"), strict=True))
+
+
+def region_columns(region: dict | None) -> dict:
+    """An answer's stored region ({"kind", "x0", "y0", "x1", "y1", "size"}) as REGION_COLUMNS."""
+    return {column: (region or {}).get(key) for column, key in _REGION_KEYS.items()}
+
+
+def region_of(row: dict) -> dict | None:
+    """The region of a row keyed by REGION_COLUMNS (None where it has none)."""
+    if not row.get("region"):
+        return None
+    return {key: row[column] for column, key in _REGION_KEYS.items()}
 
 
 def answers_csv_chunks(rows, *, lines_per_chunk: int = 2000):

@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.db.models import Count
 
 from analysis.files import metrics_csv, result_files
-from analysis.reads import ReadsBuilder, answers_csv_chunks
+from analysis.reads import ReadsBuilder, answers_csv_chunks, region_columns
 from analysis.summary import DEFAULT_REPLICATES, DEFAULT_SEED, summarize
 
 from .models import Answer, Image, Presentation, Study
@@ -68,6 +68,7 @@ def answer_rows(study: Study, *, chunk_size: int = 5000, include_removed: bool =
             "updated",
             "reasons",
             "reason_text",
+            "region",
         )
     )
     with transaction.atomic():
@@ -87,6 +88,7 @@ def answer_rows(study: Study, *, chunk_size: int = 5000, include_removed: bool =
             answered,
             reasons,
             note,
+            region,
         ) in answers.iterator(chunk_size):
             if reader not in names:
                 continue  # a reader taken out of the study: their answers count only when asked
@@ -106,6 +108,7 @@ def answer_rows(study: Study, *, chunk_size: int = 5000, include_removed: bool =
                 "answered_at": answered,
                 "reasons": reasons,
                 "reason_text": note,
+                **region_columns(region),
             }
 
 

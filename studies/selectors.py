@@ -32,8 +32,11 @@ _STUDY_FIELDS = (
     "reason_choices",
     "reasons_required",
     "ask_reason_text",
+    "ask_region",
+    "region_required",
+    "image_size",
 )
-_IMAGE_FIELDS = ("id", "origin", "file", "source_sha256")
+_IMAGE_FIELDS = ("id", "origin", "file", "source_sha256", "size")
 
 
 def _columns(model, alias: str, names) -> list[str]:
@@ -120,6 +123,19 @@ def reader_file(presentation: Presentation):
     """The file a reader gets for a presentation: the study's resized copy where there is one."""
     copy = presentation.study_file
     return presentation.image.file if not copy else StudyImage(file=copy).file
+
+
+def reader_side(presentation: Presentation) -> int:
+    """The side in pixels of the square image a reader gets for a presentation (see reader_file)."""
+    if hasattr(presentation, "study_file"):
+        copy = presentation.study_file
+    else:
+        copy = (
+            StudyImage.objects.filter(study_id=presentation.study_id, image_id=presentation.image_id)
+            .values_list("file", flat=True)
+            .first()
+        )
+    return presentation.study.image_size if copy else presentation.image.size
 
 
 def study_for_reader(*, user, study_id) -> Study:

@@ -10,6 +10,7 @@ from django.utils import timezone
 from .blinding import reader_problem
 from .models import Answer, Presentation, Study, StudyReader
 from .models.studies import MAX_REASON_TEXT
+from .selectors import reader_side
 
 
 class AnswerRefused(Exception):
@@ -66,7 +67,14 @@ def study_reader_remove(*, study: Study, reader) -> StudyReader:
 
 
 def answer_submit(
-    *, presentation: Presentation, label: str, confidence=None, viewing_ms=0, reasons=(), reason_text=""
+    *,
+    presentation: Presentation,
+    label: str,
+    confidence=None,
+    viewing_ms=0,
+    reasons=(),
+    reason_text="",
+    region: dict | None = None,
 ) -> Answer:
     """Record a reader's answer; a second submission of the same one changes nothing.
 
@@ -91,7 +99,14 @@ def answer_submit(
         confidence = None
     viewing_ms = _viewing_ms(viewing_ms)
     reasons, reason_text = _reasons(study, label, list(reasons), str(reason_text or ""))
-    given = {"label": label, "confidence": confidence, "reasons": reasons, "reason_text": reason_text}
+    region = _region(study, label, region, presentation)
+    given = {
+        "label": label,
+        "confidence": confidence,
+        "reasons": reasons,
+        "reason_text": reason_text,
+        "region": region,
+    }
     # The first answer is the common case: insert it straight away; a second one (a retry, a
     # double click, a change) loses to the constraint and is dealt with as a change.
     # In autocommit the INSERT is its own transaction (BEGIN and COMMIT would be two more round
@@ -105,10 +120,51 @@ def answer_submit(
     return _answer_change(existing, study=study, given=given, viewing_ms=viewing_ms)
 
 
+def _asked(when: str, label: str) -> bool:
+    return when == Study.AskReasons.ALWAYS or (when == Study.AskReasons.FAKE and label == Answer.Label.FAKE)
+
+
 def reasons_asked(study: Study, label: str) -> bool:
-    return study.ask_reasons == Study.AskReasons.ALWAYS or (
-        study.ask_reasons == Study.AskReasons.FAKE and label == Answer.Label.FAKE
-    )
+    return _asked(study.ask_reasons, label)
+
+
+def region_asked(study: Study, label: str) -> bool:
+    return _asked(study.ask_region, label)
+
+
+REGION_KINDS = ("point", "box")
+REGION_CORNERS = ("x0", "y0", "x1", "y1")
+
+
+def _region(study: Study, label: str, region: dict | None, presentation: Presentation) -> dict | None:
+    """The marked region in whole pixels of the image the reader saw (corners inclusive, a point's
+    two corners the same), with that image's side; refused where not asked, outside the image or
+    (where the study requires one) missing."""
+    asked = region_asked(study, label)
+    if not region:
+        if asked and study.region_required:
+            raise AnswerRefused("Mark where on the image: click for a point, drag for a box.")
+        return None
+    if not asked:
+        raise AnswerRefused("This study does not ask for a region with this answer.")
+    kind = region.get("kind")
+    if kind not in REGION_KINDS:
+        raise AnswerRefused(f"A region is a point or a box, not {str(kind)[:20]!r}.")
+    size = reader_side(presentation)
+    corners = {}
+    for name in REGION_CORNERS:
+        text = str(region.get(name, "")).strip()
+        if not (text.isdecimal() and text.isascii()) or int(text) >= size:
+            raise AnswerRefused(
+                f"The region's {name} must be a whole pixel from 0 to {size - 1}, not {text[:20]!r}."
+            )
+        corners[name] = int(text)
+    x0, y0, x1, y1 = (corners[name] for name in REGION_CORNERS)
+    if kind == "point" and (x1, y1) != (x0, y0):
+        raise AnswerRefused("A point's two corners must be the same pixel.")
+    if x1 < x0 or y1 < y0:
+        raise AnswerRefused("A box's first corner must be its top left (x0 <= x1, y0 <= y1).")
+    return {"kind": kind, **corners, "size": size}
 
 
 def _reasons(study: Study, label: str, reasons: list, text: str) -> tuple[list[str], str]:

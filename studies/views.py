@@ -25,7 +25,7 @@ from .selectors import (
     studies_for_reader,
     study_for_reader,
 )
-from .services import AnswerRefused, StudyClosed, answer_submit
+from .services import REGION_CORNERS, AnswerRefused, StudyClosed, answer_submit
 
 logger = logging.getLogger(__name__)
 PLACEHOLDER = uuid.UUID(int=0)
@@ -78,6 +78,8 @@ def study_label(request, study_id):
         "reason_choices": study.reason_choices if study.ask_reasons != Study.AskReasons.NEVER else [],
         "reasons_required": study.reasons_required,
         "ask_reason_text": study.ask_reason_text,
+        "ask_region": study.ask_region,
+        "region_required": study.region_required,
         "time_limit_ms": (study.time_limit_seconds or 0) * 1000,
         "time_limit_s": study.time_limit_seconds,
         "first_visit": state.answered == 0,
@@ -106,7 +108,12 @@ def _item(presentation, state) -> dict | None:
         item["previous"] = str(previous) if previous else None
         answer = presentation.given
         item["answer"] = (
-            {"label": answer.label, "confidence": answer.confidence, "reasons": answer.reasons}
+            {
+                "label": answer.label,
+                "confidence": answer.confidence,
+                "reasons": answer.reasons,
+                "region": answer.region,
+            }
             if answer
             else None
         )
@@ -125,6 +132,13 @@ def study_state(request, study_id):
     return JsonResponse(state, headers={"Cache-Control": "no-store"})
 
 
+def _posted_region(post) -> dict | None:
+    """`region_kind` and its corners, as posted; None where no region was marked."""
+    if not post.get("region_kind"):
+        return None
+    return {"kind": post["region_kind"], **{name: post.get(f"region_{name}", "") for name in REGION_CORNERS}}
+
+
 @require_POST
 def presentation_answer(request, presentation_id):
     presentation = presentation_for_reader(
@@ -138,6 +152,7 @@ def presentation_answer(request, presentation_id):
             viewing_ms=request.POST.get("viewing_ms", 0),
             reasons=request.POST.getlist("reasons"),
             reason_text=request.POST.get("reason_text", ""),
+            region=_posted_region(request.POST),
         )
     except StudyClosed as exc:
         return JsonResponse({"error": str(exc), "closed": True}, status=409)

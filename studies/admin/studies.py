@@ -35,7 +35,14 @@ from .results import results_download, results_page_context
 Status = Study.Status
 DESIGN_FIELDS = ["real_sets", "real_count", "image_size", "practice_count", "repeat_percent"]
 ANSWER_FIELDS = ["allow_unsure", "ask_confidence", "allow_back", "time_limit_seconds"]
-REASON_FIELDS = ["ask_reasons", "reason_choices", "reasons_required", "ask_reason_text"]
+REASON_FIELDS = [
+    "ask_reasons",
+    "reason_choices",
+    "reasons_required",
+    "ask_reason_text",
+    "ask_region",
+    "region_required",
+]
 
 
 class ReasonLines(forms.CharField):
@@ -171,7 +178,7 @@ class StudyAdmin(admin.ModelAdmin):
         (None, {"fields": ["title", "instructions"]}),
         ("Images", {"fields": DESIGN_FIELDS}),
         ("Answers", {"fields": ANSWER_FIELDS}),
-        ("Why an image looks fake", {"fields": REASON_FIELDS}),
+        ("Why and where an image looks fake", {"fields": REASON_FIELDS}),
     ]
 
     def get_queryset(self, request):

@@ -69,6 +69,16 @@ class Study(models.Model):
     ask_reason_text = models.BooleanField(
         default=False, help_text="Offer a short free-text note with the reasons."
     )
+    ask_region = models.CharField(
+        max_length=8,
+        choices=AskReasons.choices,
+        default=AskReasons.NEVER,
+        help_text="Ask readers to mark where the image gave itself away: a click marks a point, a drag "
+        "a box, at any zoom.",
+    )
+    region_required = models.BooleanField(
+        default=False, help_text="A reader must mark a region where one is asked."
+    )
     # What the study shows: drawn at "prepare", frozen when the study opens.
     real_sets = models.ManyToManyField(
         "studies.ImageSet",
@@ -276,6 +286,13 @@ class Answer(models.Model):
         default=list, blank=True, help_text="What gave the image away, from the study's list, in its order."
     )
     reason_text = models.CharField(max_length=MAX_REASON_TEXT, blank=True, help_text="The reader's own note.")
+    region = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Where the image gave itself away, in pixels of the image the reader saw: "
+        '{"kind": "point" or "box", "x0", "y0", "x1", "y1" (inclusive; a point has x1 = x0, y1 = y0), '
+        '"size": the side of that square image}. Empty: none marked.',
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 

@@ -10,7 +10,15 @@ import pytest
 
 from analysis.cells import text_cell, text_from_cell
 from analysis.files import cell, imrmc_csv, imrmc_names, result_files, summary_csv
-from analysis.reads import ANSWER_COLUMNS, WRITTEN_COLUMNS, AnswersError, answers_csv_chunks, read_answers
+from analysis.reads import (
+    ANSWER_COLUMNS,
+    WRITTEN_COLUMNS,
+    AnswersError,
+    ReadsBuilder,
+    answers_csv_chunks,
+    read_answers,
+    region_columns,
+)
 from analysis.summary import summarize
 from tests.analysis.reads_fixtures import answer_dicts, formula_cells, make_reads
 from tests.analysis.test_summary import HAND
@@ -124,7 +132,7 @@ def test_inconsistent_reads_are_refused():
 
 def test_a_file_that_is_not_answers_csv(tmp_path):
     assert "the file is empty" in bad("")
-    assert "fields where the header has 14" in bad(answers_text(HAND) + "1,A,x\n")
+    assert "fields where the header has 20" in bad(answers_text(HAND) + "1,A,x\n")
     binary = tmp_path / "answers.csv"
     binary.write_bytes(b"\xff\xfe\x00junk")
     with pytest.raises(AnswersError, match="not UTF-8"):
@@ -270,5 +278,57 @@ def test_reasons_are_written_joined_and_never_as_a_formula():
     rows = answer_dicts(HAND[:2])
     rows[0]["reasons"], rows[0]["reason_text"] = ["Bones", "Texture or noise"], "=HYPERLINK(1)"
     lines = list(csv.reader(io.StringIO("".join(answers_csv_chunks(rows)))))
-    assert lines[1][-2:] == ["Bones;Texture or noise", "'=HYPERLINK(1)"]
-    assert lines[2][-2:] == ["", ""]
+    at = slice(WRITTEN_COLUMNS.index("reasons"), WRITTEN_COLUMNS.index("reason_text") + 1)
+    assert lines[1][at] == ["Bones;Texture or noise", "'=HYPERLINK(1)"]
+    assert lines[2][at] == ["", ""]
+
+
+def test_regions_and_reasons_go_through_answers_csv_and_old_files_still_read():
+    rows = answer_dicts(HAND[:4])
+    rows[0] |= {"reasons": ["Bones", "Texture or noise"]} | region_columns(
+        {"kind": "point", "x0": 10, "y0": 20, "x1": 10, "y1": 20, "size": 100}
+    )
+    rows[1] |= {"reasons": ["Texture or noise"]} | region_columns(
+        {"kind": "box", "x0": 0, "y0": 50, "x1": 49, "y1": 99, "size": 100}
+    )
+    text = "".join(answers_csv_chunks(rows))
+    lines = list(csv.reader(io.StringIO(text)))
+    assert lines[0][-6:] == ["region", "region_x0", "region_y0", "region_x1", "region_y1", "image_size"]
+    assert lines[1][-6:] == ["point", "10", "20", "10", "20", "100"]
+    assert lines[3][-6:] == [""] * 6
+    reads = read_answers(io.StringIO(text))
+    assert reads.reason_names == ["Bones", "Texture or noise"]
+    assert list(reads.reasons) == [0b11, 0b10, 0, 0]  # reads keep the file's order
+    # Fractions of the side: a point is its pixel's centre, a box runs to the far edge of its last pixel.
+    assert reads.region[0].tolist() == pytest.approx([0.105, 0.205, 0.105, 0.205])
+    assert reads.region[1].tolist() == pytest.approx([0.0, 0.5, 0.5, 1.0])
+    assert np.isnan(reads.region[2:]).all()
+    # The same reads from the database's rows (dicts) and from the file.
+    builder = ReadsBuilder()
+    for line, row in enumerate(rows, start=2):
+        builder.add_row(line, row)
+    again = builder.build()
+    assert np.array_equal(again.reasons, reads.reasons)
+    assert np.allclose(again.region, reads.region, equal_nan=True)
+    # A file written before issue 15 has none of these columns and reads as it did.
+    old = "\n".join(",".join(line[: len(ANSWER_COLUMNS)]) for line in lines) + "\n"
+    before = read_answers(io.StringIO(old))
+    assert before.reason_names == [] and before.region is None and not before.reasons.any()
+
+
+@pytest.mark.parametrize(
+    "cells, problem",
+    [
+        (["circle", "1", "1", "1", "1", "10"], "unknown region 'circle'"),
+        (["box", "5", "5", "10", "6", "10"], "are not all pixels from 0 to 9"),
+        (["box", "5", "5", "4", "6", "10"], "x0 <= x1 and y0 <= y1"),
+        (["point", "5", "5", "6", "6", "10"], "a point's two corners differ"),
+        (["point", "5", "5", "5", "5", ""], "image_size '' is not a side in pixels"),
+    ],
+)
+def test_a_bad_region_is_named_with_its_line(cells, problem):
+    lines = list(csv.reader(io.StringIO("".join(answers_csv_chunks(answer_dicts(HAND[:3]))))))
+    lines[2][-6:] = cells
+    text = "\n".join(",".join(line) for line in lines) + "\n"
+    with pytest.raises(AnswersError, match=f"line 3: .*{problem}"):
+        read_answers(io.StringIO(text))

@@ -160,8 +160,11 @@ def test_a_researcher_sets_up_reasons_on_the_study_form_and_bad_lists_are_refuse
     reasons.fill("Anatomy\n\n  Bones  \nLines and tubes\n")
     page.get_by_label("Reasons required").check()
     page.get_by_label("Ask reason text").check()
+    page.get_by_label("Ask region").select_option(label="On every image")
+    page.get_by_label("Region required").check()
     page.get_by_role("button", name="Save and continue editing").click()
     expect(page.get_by_text("was added successfully")).to_be_visible()
     study = Study.objects.get(title="Reasons study")
     assert (study.ask_reasons, study.reason_choices) == ("fake", ["Anatomy", "Bones", "Lines and tubes"])
     assert study.reasons_required and study.ask_reason_text
+    assert (study.ask_region, study.region_required) == ("always", True)

@@ -24,6 +24,8 @@ export const KEYS = Object.freeze({
   _: "zoomOut",
   0: "resetView",
   w: "windowPreset",
+  Delete: "clearMark",
+  Backspace: "clearMark",
   Enter: "continue",
   " ": "continue",
 });

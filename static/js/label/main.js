@@ -4,7 +4,7 @@
 // both kept in JS variables only: the DOM shows a blob: URL and nothing else.
 //
 // Its modules: machine.js (the states and their transitions, one table), server.js (requests,
-// retries, what each failure means), viewer.js (zoom, pan, window / level), keys.js (the keys).
+// retries, what each failure means), viewer.js (zoom, pan, window / level, marks), keys.js (the keys).
 import { Machine } from "./machine.js";
 import { HttpError, Server, stopReason } from "./server.js";
 import { Viewer } from "./viewer.js";
@@ -28,6 +28,8 @@ function start(app) {
     allowBack: app.dataset.allowBack === "true",
     askReasons: app.dataset.askReasons || "never", // never | fake | always
     reasonsRequired: app.dataset.reasonsRequired === "true",
+    askRegion: app.dataset.askRegion || "never", // never | fake | always
+    regionRequired: app.dataset.regionRequired === "true",
     timeLimitMs: Number(app.dataset.timeLimitMs || 0),
   };
 
@@ -55,6 +57,9 @@ function start(app) {
   const reasonsPanel = $("reasons-panel");
   const reasonButtons = [...document.querySelectorAll(".reason-btn")];
   const reasonText = $("reason-text");
+  const reasonChoices = $("reason-choices");
+  const regionHint = $("region-hint");
+  const regionClear = $("region-clear");
 
   const machine = new Machine("loading");
   const server = new Server({
@@ -68,19 +73,26 @@ function start(app) {
   const viewer = new Viewer({
     stage,
     img,
+    marks: $("marks"),
     contrastInput: $("contrast"),
     brightnessInput: $("brightness"),
     zoomReadout: $("zoom-readout"),
     resetButton: $("reset-view"),
     presetButton: $("window-preset"),
     enabled: () => machine.is("viewing", "sending", "explaining"),
+    marking: () => machine.is("explaining") && regionAsked(choice.label),
+    onMark: (mark) => {
+      choice.region = mark;
+      setStatus("");
+      render();
+    },
   });
 
   // ---- What belongs to the image on screen ---------------------------------------------
   let current = null; // {id, image, n, total, previous, answer} of the image on screen
   let shownUrl = null; // blob: URL on screen
   let prefetched = null; // {id, promise of a blob: URL or null}
-  let choice = { label: null, confidence: null, reasons: new Set(), labelMs: null };
+  let choice = { label: null, confidence: null, reasons: new Set(), region: null, labelMs: null };
   // Back at an answered image: its earlier answer, marked apart from `choice`, which
   // starts empty so that a change is sent only once label (and confidence) are chosen anew.
   let earlier = null;
@@ -121,9 +133,16 @@ function start(app) {
     }
     if (reasonsPanel) {
       const explaining = machine.is("explaining");
+      const withReasons = explaining && reasonsAsked(choice.label);
+      const withRegion = explaining && regionAsked(choice.label);
       reasonsPanel.hidden = !explaining;
+      if (reasonChoices) reasonChoices.hidden = !withReasons;
+      if (regionHint) regionHint.hidden = !withRegion;
+      if (regionClear) regionClear.disabled = !choice.region;
+      stage.classList.toggle("is-marking", withRegion);
+      viewer.showMarks(withRegion ? choice.region : null, withRegion ? earlier?.region : null);
       for (const button of reasonButtons) {
-        button.disabled = !explaining;
+        button.disabled = !withReasons;
         button.setAttribute("aria-pressed", String(choice.reasons.has(button.dataset.reason)));
         button.classList.toggle("is-earlier", Boolean(earlier?.reasons?.includes(button.dataset.reason)));
       }
@@ -318,11 +337,13 @@ function start(app) {
 
   // ---- Answering -------------------------------------------------------------------------
   function clearChoice() {
-    choice = { label: null, confidence: null, reasons: new Set(), labelMs: null };
+    choice = { label: null, confidence: null, reasons: new Set(), region: null, labelMs: null };
     if (reasonText) reasonText.value = "";
   }
 
-  const reasonsAsked = (label) => cfg.askReasons === "always" || (cfg.askReasons === "fake" && label === "fake");
+  const asked = (when, label) => when === "always" || (when === "fake" && label === "fake");
+  const reasonsAsked = (label) => asked(cfg.askReasons, label);
+  const regionAsked = (label) => asked(cfg.askRegion, label);
 
   function choose(label) {
     if (!canAnswer()) return;
@@ -344,7 +365,7 @@ function start(app) {
       return;
     }
     choice.labelMs = viewingMs(); // the viewing time is up to the label; reasons are extra
-    if (reasonsAsked(choice.label)) {
+    if (reasonsAsked(choice.label) || regionAsked(choice.label)) {
       machine.send("explain");
       $("reasons-send")?.focus({ preventScroll: true }); // off the disabled labels; Enter sends
       return;
@@ -361,10 +382,24 @@ function start(app) {
     render();
   }
 
+  function clearMark() {
+    if (!machine.is("explaining") || !choice.region) return false;
+    choice.region = null;
+    render();
+  }
+
   function sendReasons() {
     if (!machine.is("explaining")) return false;
-    if (cfg.reasonsRequired && choice.reasons.size === 0 && !reasonText?.value.trim()) {
-      setStatus(`Give at least one reason${reasonText ? " or a note" : ""}, then send.`, "warn");
+    const missing = [];
+    if (cfg.reasonsRequired && reasonsAsked(choice.label) && choice.reasons.size === 0 && !reasonText?.value.trim()) {
+      missing.push(`give at least one reason${reasonText ? " or a note" : ""}`);
+    }
+    if (cfg.regionRequired && regionAsked(choice.label) && !choice.region) {
+      missing.push("mark where on the image (click for a point, drag for a box)");
+    }
+    if (missing.length) {
+      const text = missing.join(", and ");
+      setStatus(`${text[0].toUpperCase()}${text.slice(1)}, then send.`, "warn");
       return;
     }
     submit();
@@ -389,6 +424,10 @@ function start(app) {
         if (choice.reasons.has(button.dataset.reason)) fields.push(["reasons", button.dataset.reason]);
       }
       if (reasonText?.value.trim()) fields.push(["reason_text", reasonText.value.trim()]);
+      if (choice.region) {
+        fields.push(["region_kind", choice.region.kind]);
+        for (const corner of ["x0", "y0", "x1", "y1"]) fields.push([`region_${corner}`, String(choice.region[corner])]);
+      }
     }
     machine.send("answer");
     let state;
@@ -463,6 +502,7 @@ function start(app) {
   reasonButtons.forEach((button, index) => button.addEventListener("click", () => toggleReason(index)));
   $("reasons-send")?.addEventListener("click", sendReasons);
   $("reasons-cancel")?.addEventListener("click", cancelReasons);
+  regionClear?.addEventListener("click", clearMark);
   // In the note, Enter sends and Escape leaves the field (its other keys are the reader's text).
   reasonText?.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.isComposing) {
@@ -493,6 +533,7 @@ function start(app) {
     zoomOut: () => viewer.zoom(1 / 1.25),
     resetView: () => viewer.reset(),
     windowPreset: () => viewer.nextPreset(),
+    clearMark: () => clearMark(),
     continue: (key) => {
       if (machine.is("feedback")) return leaveFeedback();
       return key === "Enter" ? sendReasons() : false; // Space on a focused reason turns it on or off
