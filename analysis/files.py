@@ -1,4 +1,5 @@
-"""The result files of analysis.md: summary.csv, cohen_kappa.csv and one imrmc_<model>.csv per arm."""
+"""The result files of analysis.md: summary.csv, cohen_kappa.csv, one imrmc_<model>.csv per arm,
+and reasons.csv and regions.csv where readers gave them."""
 
 import csv
 import io
@@ -10,6 +11,7 @@ import numpy as np
 from .cells import text_cell
 from .rates import fakeness_bins
 from .reads import Reads
+from .reasons import REASON_COUNT_COLUMNS, REGION_ROW_COLUMNS, reason_counts, region_rows
 from .summary import COHEN_COLUMNS, SUMMARY_COLUMNS, Summary
 
 
@@ -128,10 +130,15 @@ def metrics_csv(rows: list[dict]) -> str:
 
 
 def result_files(reads: Reads, summary: Summary) -> dict[str, str]:
-    """File name -> text of every result file but answers.csv."""
+    """File name -> text of every result file but answers.csv; reasons.csv and regions.csv where
+    readers gave reasons or marked regions."""
     files = {"summary.csv": summary_csv(summary), "cohen_kappa.csv": cohen_csv(summary)}
     for model, name in imrmc_names(summary.models).items():
         files[name] = imrmc_csv(reads, model)
+    if reads.reason_names:
+        files["reasons.csv"] = _table(REASON_COUNT_COLUMNS, reason_counts(reads, summary.models))
+    if reads.region is not None:
+        files["regions.csv"] = _table(REGION_ROW_COLUMNS, region_rows(reads))
     return files
 
 

@@ -46,7 +46,7 @@ POOLED_GROUPS = ("all", "real")
 MAX_ERRORS = 20  # problems listed; the rest are counted
 KEPT_ERRORS = 10000
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
-_NO_REGION = (math.nan,) * 4
+_NO_REGION = (-1,) * 6
 
 
 class AnswersError(ValueError):
@@ -76,8 +76,8 @@ class Reads:
     # What gave an image away and where (issue 15); empty in files written before.
     reason_names: list[str] = ()  # in the order first given
     reasons: np.ndarray | None = None  # per read: bit k set where reason_names[k] was given
-    # per read: the marked region as fractions of the image's side, (x0, y0, x1, y1) with
-    # x1, y1 past the last pixel; a point is its pixel's centre twice; NaN where none marked.
+    # per read: the marked region (x0, y0, x1, y1, side, kind) in whole pixels as REGION_COLUMNS,
+    # kind 0 a point, 1 a box; -1 in every column where none was marked. None where no read has one.
     region: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -107,7 +107,7 @@ class ReadsBuilder:
         self._confidence_lines = [0, 0]  # the first line with, and without, a confidence
         self._reason_names: dict[str, int] = {}
         self._reasons = array("q")
-        self._region = array("f")  # four a read
+        self._region = array("l")  # six a read
         self.problems: list[tuple[int, str]] = []
         self._bad_line = None
         self.more = 0
@@ -164,7 +164,7 @@ class ReadsBuilder:
         if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
             self.problem(line, f"seconds {seconds!r} is not a viewing time")
         mask = self._reason_mask(line, reasons) if reasons else 0
-        box = _NO_REGION if region is None else self._region_fractions(line, region)
+        box = _NO_REGION if region is None else self._region_pixels(line, region)
         if self._bad_line == line:  # a line with a problem is checked, never kept
             return
         kind = self._images.get(image)
@@ -215,8 +215,8 @@ class ReadsBuilder:
             mask |= 1 << bit
         return mask
 
-    def _region_fractions(self, line: int, region: dict) -> tuple:
-        """The region as fractions of the image's side (see Reads.region), or a problem."""
+    def _region_pixels(self, line: int, region: dict) -> tuple:
+        """The region as Reads.region holds it, or a problem."""
         kind, size = region.get("kind"), region.get("size")
         corners = [region.get(name) for name in ("x0", "y0", "x1", "y1")]
         if kind not in REGION_KINDS:
@@ -230,10 +230,7 @@ class ReadsBuilder:
         elif kind == "point" and corners[:2] != corners[2:]:
             self.problem(line, f"a point's two corners differ: {corners}")
         else:
-            x0, y0, x1, y1 = corners
-            if kind == "point":
-                return ((x0 + 0.5) / size, (y0 + 0.5) / size, (x0 + 0.5) / size, (y0 + 0.5) / size)
-            return (x0 / size, y0 / size, (x1 + 1) / size, (y1 + 1) / size)
+            return (*corners, size, REGION_KINDS.index(kind))
         return _NO_REGION
 
     def add_row(self, line: int, row: dict) -> None:
@@ -288,7 +285,8 @@ class ReadsBuilder:
         for old, (model, _) in enumerate(self._image_kind):
             image_model[image_code[old]] = model_code.get(model, 0)
         r, i, lab, conf, sec, rep, _ = (np.frombuffer(c, dtype=c.typecode) for c in self._columns)
-        region = np.frombuffer(self._region, dtype=np.float32).reshape(-1, 4)
+        region = np.frombuffer(self._region, dtype=np.int32 if self._region.itemsize == 4 else np.int64)
+        region = region.reshape(-1, 6).astype(np.int32)
         return Reads(
             study=self.study or "",
             readers=readers,
@@ -303,7 +301,7 @@ class ReadsBuilder:
             repeat=rep.astype(bool),
             reason_names=list(self._reason_names),
             reasons=np.frombuffer(self._reasons, dtype=np.int64).copy(),
-            region=region.copy() if np.isfinite(region).any() else None,
+            region=region if (region[:, 4] > 0).any() else None,
         )
 
 

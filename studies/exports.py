@@ -144,7 +144,9 @@ def readme_text(
     return (
         f"Results of the reader study {study.title!r} (id {study.pk}), status {study.status}.\n"
         "Files: answers.csv (one row per read), summary.csv, cohen_kappa.csv and one imrmc_<model>.csv "
-        "per arm; the columns are described in the spec of the analysis (analysis.md).\n"
+        "per arm; reasons.csv (how often each reason was given, per arm, on images called fake) and "
+        "regions.csv (one row per marked region) where readers gave them; the columns are described "
+        "in the spec of the analysis (analysis.md) and docs/analysis.md.\n"
         f"{metrics}"
         f"Bootstrap: B = {replicates}, seed = {seed}.\n"
         f"To recompute every file but answers.csv{' and metrics.csv' if with_metrics else ''} "

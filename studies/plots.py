@@ -256,3 +256,38 @@ def measures_scatter(section: dict) -> SafeString:
     return _svg(
         figure, "Scatter plots: each machine measure against the readers' fool rate, one point per arm"
     )
+
+
+@plot
+def region_heatmaps(panels: list[dict]) -> SafeString:
+    """Where readers marked what gave images away: per group, the density of its marks over its
+    average image (brighter and more opaque where more was marked)."""
+    import matplotlib
+    import numpy as np
+
+    n = len(panels)
+    columns = min(n, 4)
+    rows = math.ceil(n / columns)
+    figure = _figure(2.7 * columns, 2.9 * rows)
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if panel["average"] is not None:
+            ax.imshow(panel["average"], cmap="gray", vmin=0, vmax=1, extent=(0, 1, 1, 0))
+        else:
+            ax.set_facecolor("black")
+        density = panel["density"]
+        level = density / density.max()
+        colours = matplotlib.colormaps["inferno"](level)
+        colours[..., 3] = 0.8 * np.sqrt(level)  # faint marks stay visible, the image shows through
+        ax.imshow(colours, extent=(0, 1, 1, 0), interpolation="bilinear")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(1, 0)
+        marks = f"{panel['n']} mark{'s' if panel['n'] != 1 else ''}"
+        ax.set_title(f"{panel['name']} · {marks}", fontsize=9, color=INK)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    return _svg(figure, "Heat maps of the regions readers marked, over each group's average image")

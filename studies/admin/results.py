@@ -7,6 +7,7 @@ from analysis.files import imrmc_names, result_files
 from analysis.reads import AnswersError, answers_csv_chunks
 
 from ..exports import answer_rows, metrics_text, reader_pseudonyms, results_zip_stream, study_arms
+from ..giveaways import giveaways_section
 from ..measures import machine_measures
 from ..models import Study
 from ..plots import forest_plot, kappa_heatmap, measures_scatter, reading_time_plot, unsure_plot
@@ -83,6 +84,10 @@ def results_page_context(study: Study, *, include_removed: bool = False) -> dict
     names_in = reader_pseudonyms(study, include_removed=include_removed)
     who = {pseudonym: logins.get(user_id, "") for user_id, pseudonym in names_in.items()}
     downloads = ["answers.csv", "summary.csv", "cohen_kappa.csv", *imrmc_names(summary.models).values()]
+    if results.reads.reason_names:
+        downloads.append("reasons.csv")
+    if results.reads.region is not None:
+        downloads.append("regions.csv")
     measures = machine_measures(study, summary)
     if measures is not None:
         downloads.append("metrics.csv")
@@ -112,6 +117,8 @@ def results_page_context(study: Study, *, include_removed: bool = False) -> dict
     }
     if measures is not None:
         context["measures_plot"] = measures_scatter(measures)
+    if summary.n_reads:
+        context["giveaways"] = giveaways_section(study, results)
     if summary.n_reads:
         all_detail = summary.details["all"]
         context["plots"] = {

@@ -299,17 +299,15 @@ def test_regions_and_reasons_go_through_answers_csv_and_old_files_still_read():
     reads = read_answers(io.StringIO(text))
     assert reads.reason_names == ["Bones", "Texture or noise"]
     assert list(reads.reasons) == [0b11, 0b10, 0, 0]  # reads keep the file's order
-    # Fractions of the side: a point is its pixel's centre, a box runs to the far edge of its last pixel.
-    assert reads.region[0].tolist() == pytest.approx([0.105, 0.205, 0.105, 0.205])
-    assert reads.region[1].tolist() == pytest.approx([0.0, 0.5, 0.5, 1.0])
-    assert np.isnan(reads.region[2:]).all()
+    assert reads.region[:2].tolist() == [[10, 20, 10, 20, 100, 0], [0, 50, 49, 99, 100, 1]]
+    assert (reads.region[2:] == -1).all()
     # The same reads from the database's rows (dicts) and from the file.
     builder = ReadsBuilder()
     for line, row in enumerate(rows, start=2):
         builder.add_row(line, row)
     again = builder.build()
     assert np.array_equal(again.reasons, reads.reasons)
-    assert np.allclose(again.region, reads.region, equal_nan=True)
+    assert np.array_equal(again.region, reads.region)
     # A file written before issue 15 has none of these columns and reads as it did.
     old = "\n".join(",".join(line[: len(ANSWER_COLUMNS)]) for line in lines) + "\n"
     before = read_answers(io.StringIO(old))

@@ -3,6 +3,7 @@ in pixels of the image the reader saw, stored with the answer and exported."""
 
 import csv
 import io
+import os
 import re
 
 import pytest
@@ -13,6 +14,7 @@ from studies.exports import answer_rows
 from studies.models import Answer, Presentation, StudyImage
 from studies.selectors import reader_side
 from studies.services import AnswerRefused, answer_submit
+from tests.generation.test_training_admin import admin_log_in
 from tests.studies.study_fixtures import make_open_study
 
 
@@ -194,3 +196,84 @@ def test_where_a_region_is_required_the_page_asks_for_one_before_sending(tabs, r
     tab.wait_ready()
     answer = Answer.objects.get(presentation__study=study, presentation__position=0)
     assert answer.region["kind"] == "point" and answer.region["x0"] == pytest.approx(256, abs=1.5)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.browser
+def test_a_researcher_sees_reasons_heat_maps_and_the_images_most_often_called_fake(
+    tabs, reader, outsider, researcher, tmp_path
+):
+    study = make_open_study(reader, images=8, readers=[outsider], ask_reasons="fake", ask_region="fake")
+    # Every synthetic image called fake with Bones and a box at its top left; every real image
+    # called real, but one, called fake with Anatomy and a point (the readers' own pages are
+    # tested above: here their answers are given directly).
+    real_called_fake = None
+    for presentation in Presentation.objects.filter(study=study).order_by("reader", "position"):
+        if presentation.image.origin == "synthetic":
+            answer_submit(
+                presentation=presentation,
+                label="fake",
+                viewing_ms=1000,
+                reasons=["Bones"],
+                region=region("box", 0, 0, 127, 63),
+            )
+        elif real_called_fake in (None, presentation.image_id):
+            real_called_fake = presentation.image_id
+            answer_submit(
+                presentation=presentation,
+                label="fake",
+                viewing_ms=1000,
+                reasons=["Anatomy"],
+                region=region("point", 256, 300),
+            )
+        else:
+            answer_submit(presentation=presentation, label="real", viewing_ms=1000)
+    tab = tabs(viewport={"width": 1400, "height": 900})
+    page = tab.page
+    admin_log_in(tab)
+    page.goto(f"{tab.base_url}/admin/studies/study/{study.pk}/change/")
+    page.get_by_role("link", name="Results (interim)").click()
+    section = page.get_by_role("region", name="Why and where readers called images fake")
+    if not section.count():  # the panel is a div labelled by its heading
+        section = page.locator("[aria-labelledby=results-giveaways]")
+    expect(section.get_by_role("heading", name="Why and where readers called images fake")).to_be_visible()
+    counts = page.locator("#reason-counts")
+    # Two readers, two synthetic images per model: 4 reads called each model's images fake, all with Bones.
+    expect(counts.get_by_role("row", name=re.compile("^Bones"))).to_contain_text("4 (100%)")
+    expect(counts.get_by_role("row", name=re.compile("^Anatomy"))).to_contain_text("2 (100%)")
+    expect(counts.locator("thead")).to_contain_text("Real images")
+    heatmaps = page.get_by_role("img", name=re.compile("Heat maps of the regions readers marked"))
+    expect(heatmaps).to_be_visible()
+    assert heatmaps.bounding_box()["width"] > 300
+    expect(heatmaps).to_contain_text("cxr-diffusion · 4 marks")
+    expect(heatmaps).to_contain_text("Real images · 2 marks")
+    synthetic = page.locator("#gallery-synthetic .giveaway")
+    expect(synthetic).to_have_count(4)
+    expect(synthetic.first).to_contain_text("called fake by 2 of 2 readers, 2 marks")
+    expect(synthetic.first.locator("svg rect")).to_have_count(2)
+    picture = synthetic.first.locator("img")
+    picture.scroll_into_view_if_needed()  # loaded lazily
+    page.wait_for_function("img => img.complete && img.naturalWidth === 512", arg=picture.element_handle())
+    real = page.locator("#gallery-real .giveaway")
+    expect(real).to_have_count(1)
+    expect(real).to_contain_text(f"Image {real_called_fake}")
+    expect(real.locator("svg circle")).to_have_count(2)
+    expect(real).to_contain_text("Anatomy 2")
+    if os.environ.get("RESULTS_SCREENSHOT"):
+        section.screenshot(path=os.environ["RESULTS_SCREENSHOT"])
+    # The files behind the figures, from the downloads.
+    for name, first_line in [
+        ("reasons.csv", "group,truth,reason,n_called_fake,n_with_reason,share"),
+        ("regions.csv", "study,reader,image,truth,model,label,reasons,region,"),
+    ]:
+        with page.expect_download() as download:
+            page.get_by_role("link", name=name, exact=True).click()
+        path = tmp_path / name
+        download.value.save_as(path)
+        lines = path.read_text().splitlines()
+        assert lines[0].startswith(first_line)
+    regions = list(csv.DictReader(io.StringIO((tmp_path / "regions.csv").read_text())))
+    assert len(regions) == 8 + 2
+    assert {(r["region"], r["region_x1"], r["image_size"]) for r in regions if r["truth"] == "fake"} == {
+        ("box", "127", "512")
+    }
