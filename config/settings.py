@@ -235,6 +235,8 @@ else:
 # --- Security -----------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 12 * 60 * 60)
+# A reader's reading session ends after this long without an answer; the next one begins then.
+READING_SESSION_GAP_MINUTES = env_int("READING_SESSION_GAP_MINUTES", 30)
 CSRF_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -35,6 +35,7 @@ _STUDY_FIELDS = (
     "ask_region",
     "region_required",
     "image_size",
+    "session_max_images",
 )
 _IMAGE_FIELDS = ("id", "origin", "file", "source_sha256", "size")
 

@@ -11,6 +11,7 @@ from .blinding import reader_problem
 from .models import Answer, Presentation, Study, StudyReader
 from .models.studies import MAX_REASON_TEXT
 from .selectors import reader_side
+from .sessions import session_count_answer, session_room_check
 
 
 class AnswerRefused(Exception):
@@ -111,12 +112,16 @@ def answer_submit(
     # double click, a change) loses to the constraint and is dealt with as a change.
     # In autocommit the INSERT is its own transaction (BEGIN and COMMIT would be two more round
     # trips); inside a caller's transaction a savepoint keeps a losing insert from breaking it.
+    session_room_check(study=study, reader=presentation.reader_id)
     first = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     try:
         with first:
-            return Answer.objects.create(presentation=presentation, viewing_ms=viewing_ms, **given)
+            answer = Answer.objects.create(presentation=presentation, viewing_ms=viewing_ms, **given)
     except IntegrityError:
         existing = Answer.objects.get(presentation=presentation)
+    else:
+        session_count_answer(study=study, reader=presentation.reader_id, viewing_ms=viewing_ms, new=True)
+        return answer
     return _answer_change(existing, study=study, given=given, viewing_ms=viewing_ms)
 
 
@@ -219,4 +224,7 @@ def _answer_change(answer: Answer, *, study: Study, given: dict, viewing_ms: int
                 setattr(answer, name, value)
             answer.viewing_ms = min(answer.viewing_ms + viewing_ms, 24 * 3600 * 1000)
             answer.save(update_fields=[*given, "viewing_ms", "updated"])
+            session_count_answer(
+                study=study, reader=answer.presentation.reader_id, viewing_ms=viewing_ms, new=False
+            )
     return answer

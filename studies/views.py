@@ -10,6 +10,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
@@ -26,6 +27,15 @@ from .selectors import (
     study_for_reader,
 )
 from .services import REGION_CORNERS, AnswerRefused, StudyClosed, answer_submit
+from .sessions import (
+    CHECK_PATCHES,
+    CHECK_PLACES,
+    SessionFull,
+    check_needed,
+    display_check_record,
+    session_begin,
+    session_room_check,
+)
 
 logger = logging.getLogger(__name__)
 PLACEHOLDER = uuid.UUID(int=0)
@@ -83,6 +93,13 @@ def study_label(request, study_id):
         "time_limit_ms": (study.time_limit_seconds or 0) * 1000,
         "time_limit_s": study.time_limit_seconds,
         "first_visit": state.answered == 0,
+        "session_url": reverse("study_session", args=[study.pk]),
+        "check_url": reverse("study_display_check", args=[study.pk]),
+        "display_check": study.display_check,
+        "check_squares": [("dark", "black"), ("bright", "white")],
+        "check_places": CHECK_PLACES,
+        "break_every_images": study.break_every_images,
+        "break_every_minutes": study.break_every_minutes,
     }
     return render(request, "studies/label.html", context)
 
@@ -156,9 +173,16 @@ def presentation_answer(request, presentation_id):
         )
     except StudyClosed as exc:
         return JsonResponse({"error": str(exc), "closed": True}, status=409)
+    except SessionFull as exc:
+        return JsonResponse({"error": str(exc), "session_full": True}, status=409)
     except AnswerRefused as exc:
         return JsonResponse({"error": str(exc)}, status=400)
     state = _state_json(request.user, presentation.study)
+    if presentation.study.session_max_images:
+        try:
+            session_room_check(study=presentation.study, reader=request.user)
+        except SessionFull as exc:  # that answer was the session's last: the page says so at once
+            state["session_full"] = str(exc)
     if truth_may_be_shown(presentation=presentation):
         # Practice only: the truth, so readers learn the task. Study images never get it,
         # nor practice images that the reader scores in another study.
@@ -166,6 +190,63 @@ def presentation_answer(request, presentation_id):
             "truth": "fake" if presentation.image.origin == Image.Origin.SYNTHETIC else "real"
         }
     return JsonResponse(state, headers={"Cache-Control": "no-store"})
+
+
+def _session_json(study: Study, session) -> dict:
+    full = ""
+    try:
+        session_room_check(study=study, reader=session.reader_id)
+    except SessionFull as exc:
+        full = str(exc)
+    return {
+        "number": session.number,
+        "answers": session.answers,
+        "started": session.started.isoformat(),
+        "seconds_so_far": max(0, round((timezone.now() - session.started).total_seconds())),
+        "check_needed": check_needed(study, session),
+        "check": session.display_check,
+        "full": full,
+    }
+
+
+@require_POST
+def study_session(request, study_id):
+    """Begin (or go on with) the reader's reading session, with the screen the page is on."""
+    study = study_for_reader(user=request.user, study_id=study_id)
+    if study.status != Study.Status.OPEN:
+        return JsonResponse({"error": "This study is closed.", "closed": True}, status=409)
+    session = session_begin(
+        study=study,
+        reader=request.user,
+        screen_width=request.POST.get("screen_width"),
+        screen_height=request.POST.get("screen_height"),
+        pixel_ratio=request.POST.get("pixel_ratio"),
+    )
+    return JsonResponse(_session_json(study, session), headers={"Cache-Control": "no-store"})
+
+
+@require_POST
+def study_display_check(request, study_id):
+    """The reader's answers to the display check, recorded with their session."""
+    study = study_for_reader(user=request.user, study_id=study_id)
+    if study.status != Study.Status.OPEN:
+        return JsonResponse({"error": "This study is closed.", "closed": True}, status=409)
+    session = session_begin(study=study, reader=request.user)
+    shown = {
+        patch: request.POST.get(f"{patch}_shown")
+        for patch in CHECK_PATCHES
+        if request.POST.get(f"{patch}_shown")
+    }
+    seen = {
+        patch: request.POST.get(f"{patch}_seen")
+        for patch in CHECK_PATCHES
+        if request.POST.get(f"{patch}_seen")
+    }
+    try:
+        display_check_record(session=session, study=study, shown=shown, seen=seen)
+    except ValueError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    return JsonResponse(_session_json(study, session), headers={"Cache-Control": "no-store"})
 
 
 @require_GET

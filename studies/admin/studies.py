@@ -35,6 +35,7 @@ from .results import results_download, results_page_context
 Status = Study.Status
 DESIGN_FIELDS = ["real_sets", "real_count", "image_size", "practice_count", "repeat_percent"]
 ANSWER_FIELDS = ["allow_unsure", "ask_confidence", "allow_back", "time_limit_seconds"]
+SESSION_FIELDS = ["display_check", "break_every_images", "break_every_minutes", "session_max_images"]
 REASON_FIELDS = [
     "ask_reasons",
     "reason_choices",
@@ -106,7 +107,7 @@ class StudyForm(forms.ModelForm):
 
     class Meta:
         model = Study
-        fields = [*["title", "instructions"], *DESIGN_FIELDS, *ANSWER_FIELDS, *REASON_FIELDS]
+        fields = [*["title", "instructions"], *DESIGN_FIELDS, *ANSWER_FIELDS, *REASON_FIELDS, *SESSION_FIELDS]
 
     def clean(self):
         cleaned = super().clean()
@@ -179,6 +180,7 @@ class StudyAdmin(admin.ModelAdmin):
         ("Images", {"fields": DESIGN_FIELDS}),
         ("Answers", {"fields": ANSWER_FIELDS}),
         ("Why and where an image looks fake", {"fields": REASON_FIELDS}),
+        ("Reading sessions", {"fields": SESSION_FIELDS}),
     ]
 
     def get_queryset(self, request):
@@ -204,9 +206,9 @@ class StudyAdmin(admin.ModelAdmin):
             return []
         frozen = list(DESIGN_FIELDS)
         if obj.status == Status.PREPARING:  # the page reloads itself: nothing to type there
-            return ["title", "instructions", *DESIGN_FIELDS, *ANSWER_FIELDS, *REASON_FIELDS]
+            return ["title", "instructions", *DESIGN_FIELDS, *ANSWER_FIELDS, *REASON_FIELDS, *SESSION_FIELDS]
         if obj.status in (Status.OPEN, Status.CLOSED):
-            frozen += ANSWER_FIELDS + REASON_FIELDS
+            frozen += ANSWER_FIELDS + REASON_FIELDS + SESSION_FIELDS
         return frozen
 
     def get_urls(self):

@@ -1,7 +1,7 @@
 """Models of reader studies, one module per idea."""
 
 from .images import Image, ImageSet, ImportJob, ImportResult
-from .studies import Answer, Presentation, Study, StudyImage, StudyModel, StudyReader
+from .studies import Answer, Presentation, ReadingSession, Study, StudyImage, StudyModel, StudyReader
 
 __all__ = [
     "Answer",
@@ -10,6 +10,7 @@ __all__ = [
     "ImportJob",
     "ImportResult",
     "Presentation",
+    "ReadingSession",
     "Study",
     "StudyImage",
     "StudyModel",

@@ -79,6 +79,34 @@ class Study(models.Model):
     region_required = models.BooleanField(
         default=False, help_text="A reader must mark a region where one is asked."
     )
+
+    class DisplayCheck(models.TextChoices):
+        OFF = "off", "Off"
+        OFFERED = "offered", "Offered (a reader may skip it)"
+        REQUIRED = "required", "Required (a reader must pass it to read)"
+
+    display_check = models.CharField(
+        max_length=8,
+        choices=DisplayCheck.choices,
+        default=DisplayCheck.OFF,
+        help_text="A grey-level test pattern before the first image of each reading session: can the "
+        "reader see faint patches at the dark and bright ends? The result, screen size and pixel "
+        "ratio are stored with the session.",
+    )
+    break_every_images = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Optional: remind the reader to take a break after this many images."
+    )
+    break_every_minutes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Optional: remind the reader to take a break after this many minutes.",
+    )
+    session_max_images = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Optional: at most this many images in one reading session; the reader then stops "
+        "until a break of at least the session gap (30 minutes) has passed.",
+    )
     # What the study shows: drawn at "prepare", frozen when the study opens.
     real_sets = models.ManyToManyField(
         "studies.ImageSet",
@@ -310,3 +338,43 @@ class Answer(models.Model):
 
     def __str__(self):
         return f"{self.presentation}: {self.label}"
+
+
+class ReadingSession(models.Model):
+    """A stretch of one reader's work on one study: it begins when the labelling page opens after
+    more than SESSION_GAP without an answer, and goes on while answers keep coming."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="sessions")
+    reader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    number = models.PositiveIntegerField(
+        help_text="1 for the reader's first session in the study, then 2, ..."
+    )
+    started = models.DateTimeField()
+    last_seen = models.DateTimeField(help_text="The session's latest answer (or its start).")
+    answers = models.PositiveIntegerField(default=0, help_text="Images answered in the session.")
+    viewing_ms = models.PositiveBigIntegerField(default=0, help_text="Viewing time of those answers.")
+    screen_width = models.PositiveIntegerField(null=True, blank=True, help_text="CSS pixels.")
+    screen_height = models.PositiveIntegerField(null=True, blank=True, help_text="CSS pixels.")
+    pixel_ratio = models.FloatField(null=True, blank=True, help_text="Device pixels per CSS pixel.")
+
+    class Check(models.TextChoices):
+        NONE = "", "Not done"
+        PASSED = "passed", "Passed"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+
+    display_check = models.CharField(max_length=8, choices=Check.choices, default=Check.NONE, blank=True)
+    display_detail = models.JSONField(
+        default=dict, blank=True, help_text="Where each faint patch was, and where the reader saw it."
+    )
+
+    class Meta:
+        ordering = ["study", "reader", "number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "reader", "number"], name="one_session_number_per_reader"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.reader} in {self.study}, session {self.number}"

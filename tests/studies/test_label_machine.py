@@ -13,7 +13,15 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
 # The table as the page must have it: state -> event -> next state.
 TABLE = {
-    "loading": {"shown": "viewing", "finished": "leaving", "failed": "stopped"},
+    "loading": {
+        "shown": "viewing",
+        "finished": "leaving",
+        "check": "checking",
+        "rest": "resting",
+        "failed": "stopped",
+    },
+    "checking": {"checked": "loading", "failed": "stopped"},
+    "resting": {"resume": "loading", "failed": "stopped"},
     "viewing": {
         "answer": "sending",
         "explain": "explaining",

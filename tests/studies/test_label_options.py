@@ -56,7 +56,7 @@ def test_going_back_shows_the_earlier_answer_and_a_change_replaces_it(client, re
 
     back = client.get(f"/study/{study.pk}/state", {"at": first.pk}).json()
     assert back["current"]["id"] == str(first.pk)
-    assert back["current"]["answer"] == {"label": "real", "confidence": None, "reasons": []}
+    assert back["current"]["answer"] == {"label": "real", "confidence": None, "reasons": [], "region": None}
     assert back["next"]["id"] == str(second.pk)  # where the reader goes on from
 
     after = answer(client, first, "fake").json()

@@ -50,7 +50,9 @@ def test_each_labelling_request_costs_a_few_queries_whatever_the_sequence_length
         state = client.get(f"/study/{study.pk}/state").json()
     with django_assert_num_queries(3):  # session, user, the presentation with its file
         assert client.get(state["current"]["image"]).status_code == 200
-    with django_assert_num_queries(7):  # session, user, presentation, the insert (3), the state
+    assert client.post(f"/study/{study.pk}/session").json()["number"] == 1  # as the page does first
+    # session, user, presentation, the insert (3), the reading session's count, the state
+    with django_assert_num_queries(8):
         response = client.post(f"/p/{state['current']['id']}/answer", {"label": "real", "viewing_ms": "900"})
     assert response.status_code == 200
     assert response.json()["current"]["id"] == state["next"]["id"]
@@ -65,8 +67,10 @@ def test_an_answer_outside_a_transaction_is_one_insert_and_a_repeat_changes_noth
     study = make_open_study(reader, images=6)
     client.force_login(reader)
     state = client.get(f"/study/{study.pk}/state").json()
+    client.post(f"/study/{study.pk}/session")
     url = f"/p/{state['current']['id']}/answer"
-    with django_assert_num_queries(5) as run:  # session, user, presentation, the insert, the state
+    # session, user, presentation, the insert, the reading session's count, the state
+    with django_assert_num_queries(6) as run:
         first = client.post(url, {"label": "real", "viewing_ms": "900"})
     assert any(query["sql"].startswith("INSERT") for query in run.captured_queries)
     assert not any("SAVEPOINT" in query["sql"] for query in run.captured_queries)
@@ -86,7 +90,7 @@ def test_going_back_costs_no_query_per_image(client, reader, django_assert_num_q
     assert state["current"]["previous"] is not None
     with django_assert_num_queries(5):  # and the answered presentation stepped back to
         back = client.get(f"/study/{study.pk}/state", {"at": state["current"]["previous"]}).json()
-    assert back["current"]["answer"] == {"label": "fake", "confidence": None, "reasons": []}
+    assert back["current"]["answer"] == {"label": "fake", "confidence": None, "reasons": [], "region": None}
     assert back["next"]["id"] == state["current"]["id"]
 
 

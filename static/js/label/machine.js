@@ -6,7 +6,11 @@
 /** state -> event -> next state */
 export const TRANSITIONS = Object.freeze({
   // An image (or the first state) is on its way from the server.
-  loading: { shown: "viewing", finished: "leaving", failed: "stopped" },
+  loading: { shown: "viewing", finished: "leaving", check: "checking", rest: "resting", failed: "stopped" },
+  // The display check, before a reading session's first image.
+  checking: { checked: "loading", failed: "stopped" },
+  // A break reminder between two images (the study's every N images or minutes).
+  resting: { resume: "loading", failed: "stopped" },
   // The image is on screen; the clock runs.
   viewing: { answer: "sending", explain: "explaining", pause: "paused", back: "loading", failed: "stopped" },
   // The label is chosen; the reader says what gave the image away (where the study asks), or not.

@@ -9,6 +9,7 @@ import { Machine } from "./machine.js";
 import { HttpError, Server, stopReason } from "./server.js";
 import { Viewer } from "./viewer.js";
 import { bindKeys } from "./keys.js";
+import { runDisplayCheck } from "./check.js";
 
 const PLACEHOLDER = "00000000-0000-0000-0000-000000000000";
 const SETTLE_MS = 350; // input is ignored this long after a new image appears (double presses)
@@ -31,6 +32,9 @@ function start(app) {
     askRegion: app.dataset.askRegion || "never", // never | fake | always
     regionRequired: app.dataset.regionRequired === "true",
     timeLimitMs: Number(app.dataset.timeLimitMs || 0),
+    displayCheck: app.dataset.displayCheck || "off", // off | offered | required
+    breakImages: Number(app.dataset.breakImages || 0),
+    breakMinutes: Number(app.dataset.breakMinutes || 0),
   };
 
   const $ = (id) => document.getElementById(id);
@@ -65,6 +69,8 @@ function start(app) {
   const server = new Server({
     stateUrl: cfg.stateUrl,
     answerTemplate: cfg.answerTemplate,
+    sessionUrl: app.dataset.sessionUrl,
+    checkUrl: app.dataset.checkUrl,
     loginUrl: cfg.loginUrl,
     csrfToken: document.querySelector('meta[name="csrf-token"]')?.content ?? "",
     placeholder: PLACEHOLDER,
@@ -101,6 +107,9 @@ function start(app) {
   let timeUp = false; // the study's time limit hid the image; answering is still open
   let afterFeedback = null; // the state to go on to once the reader has read a practice answer
   const clock = { start: 0, pausedMs: 0, pauseStart: null };
+  // Since the session began, or the reader's last break: for the study's break reminders.
+  const sinceBreak = { answers: 0, since: 0 };
+  let resting = null; // resolves when the reader goes on after a break reminder
 
   const now = () => performance.now();
   machine.subscribe(() => render());
@@ -332,7 +341,37 @@ function start(app) {
       location.assign(cfg.doneUrl);
       return;
     }
+    if (breakDue()) await takeBreak();
     await show(state.current, state.next);
+  }
+
+  // ---- Sessions: breaks --------------------------------------------------------------------
+  function breakDue() {
+    const minutes = (now() - sinceBreak.since) / 60000;
+    return (
+      (cfg.breakImages > 0 && sinceBreak.answers >= cfg.breakImages) ||
+      (cfg.breakMinutes > 0 && minutes >= cfg.breakMinutes && sinceBreak.answers > 0)
+    );
+  }
+
+  /** The reminder between two images (in state loading); over when the reader goes on. */
+  function takeBreak() {
+    const minutes = Math.round((now() - sinceBreak.since) / 60000);
+    $("rest-text").textContent =
+      `You have read ${sinceBreak.answers} image${sinceBreak.answers === 1 ? "" : "s"} in ${minutes} minute${minutes === 1 ? "" : "s"} ` +
+      "since your last break. A short break keeps your reading fresh; your place is kept whenever you stop.";
+    machine.send("rest");
+    $("rest-overlay").hidden = false;
+    $("rest-continue").focus({ preventScroll: true });
+    return new Promise((resolve) => {
+      resting = () => {
+        resting = null;
+        $("rest-overlay").hidden = true;
+        Object.assign(sinceBreak, { answers: 0, since: now() });
+        machine.send("resume");
+        resolve();
+      };
+    });
   }
 
   // ---- Answering -------------------------------------------------------------------------
@@ -443,6 +482,8 @@ function start(app) {
       }
       throw err;
     }
+    sinceBreak.answers += current.answer ? 0 : 1; // a changed answer is not another image
+    if (state.session_full) throw new HttpError(409, { session_full: true, error: state.session_full });
     if (state.feedback) {
       showFeedback(state);
       return;
@@ -499,6 +540,7 @@ function start(app) {
   feedbackContinue.addEventListener("click", leaveFeedback);
   if (backBtn) backBtn.addEventListener("click", goBack);
   resumeBtn.addEventListener("click", () => setPaused(false));
+  $("rest-continue").addEventListener("click", () => resting?.());
   reasonButtons.forEach((button, index) => button.addEventListener("click", () => toggleReason(index)));
   $("reasons-send")?.addEventListener("click", sendReasons);
   $("reasons-cancel")?.addEventListener("click", cancelReasons);
@@ -536,6 +578,7 @@ function start(app) {
     clearMark: () => clearMark(),
     continue: (key) => {
       if (machine.is("feedback")) return leaveFeedback();
+      if (machine.is("resting")) return resting?.();
       return key === "Enter" ? sendReasons() : false; // Space on a focused reason turns it on or off
     },
   };
@@ -566,6 +609,22 @@ function start(app) {
   setStatus("");
   render();
   guarded(async () => {
+    const session = await server.session([
+      ["screen_width", String(window.screen.width)],
+      ["screen_height", String(window.screen.height)],
+      ["pixel_ratio", String(window.devicePixelRatio || 1)],
+    ]);
+    if (session.full) throw new HttpError(409, { session_full: true, error: session.full });
+    // Counting from the session's start: a reload goes on counting where it was.
+    Object.assign(sinceBreak, { answers: session.answers, since: now() - session.seconds_so_far * 1000 });
+    if (session.check_needed) {
+      machine.send("check");
+      await runDisplayCheck({
+        send: (fields) => server.displayCheck(fields),
+        required: cfg.displayCheck === "required",
+      });
+      machine.send("checked");
+    }
     const state = await server.state();
     if (state.current && state.current.n === 1 && instructions.hidden) setInstructions(true);
     await follow(state);

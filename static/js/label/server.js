@@ -54,6 +54,9 @@ export function stopReason(err, { loginUrl, here }) {
       link: { href: loginUrl, text: "Log in" },
     };
   }
+  if (err instanceof HttpError && err.status === 409 && err.data?.session_full) {
+    return { title: "Time for a break", text: err.data.error };
+  }
   if (err instanceof HttpError && err.status === 409) {
     return { title: "This study is closed", text: "It no longer takes answers. Thank you for your work on it." };
   }
@@ -69,8 +72,10 @@ export function stopReason(err, { loginUrl, here }) {
 
 export class Server {
   /** `onStatus(text, tone)` shows what a retry is waiting for ("" when it is over). */
-  constructor({ stateUrl, answerTemplate, loginUrl, csrfToken, placeholder, onStatus }) {
+  constructor({ stateUrl, answerTemplate, sessionUrl, checkUrl, loginUrl, csrfToken, placeholder, onStatus }) {
     this.stateUrl = stateUrl;
+    this.sessionUrl = sessionUrl;
+    this.checkUrl = checkUrl;
     this.answerTemplate = answerTemplate;
     this.loginPath = new URL(loginUrl, location.href).pathname;
     this.csrfToken = csrfToken;
@@ -125,9 +130,8 @@ export class Server {
     );
   }
 
-  /** Send an answer; kept and sent again until the server takes it. The state that follows. */
-  answer(presentationId, fields) {
-    const url = this.answerTemplate.replace(this.placeholder, presentationId);
+  /** POST `fields` (pairs), sent again until the server takes them; its JSON answer. */
+  post(url, fields, describe) {
     const body = new URLSearchParams(fields);
     return this.withRetry(async () => {
       const res = await fetch(url, {
@@ -137,7 +141,23 @@ export class Server {
         body,
       });
       return this.readJson(res);
-    }, "Your answer has not reached the server yet; it is kept here.");
+    }, describe);
+  }
+
+  /** Send an answer; kept and sent again until the server takes it. The state that follows. */
+  answer(presentationId, fields) {
+    const url = this.answerTemplate.replace(this.placeholder, presentationId);
+    return this.post(url, fields, "Your answer has not reached the server yet; it is kept here.");
+  }
+
+  /** Begin (or go on with) the reader's reading session, saying what screen the page is on. */
+  session(fields) {
+    return this.post(this.sessionUrl, fields, "Could not reach the server.");
+  }
+
+  /** The reader's answers to the display check (none: skipped). The session as it stands. */
+  displayCheck(fields) {
+    return this.post(this.checkUrl, fields, "Could not reach the server.");
   }
 
   /** An image as a blob: URL (the DOM never holds its address). */
