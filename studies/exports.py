@@ -7,6 +7,8 @@ written while answers.csv streams out, from the same rows, so one pass over
 the database gives all of them.
 """
 
+import csv
+import io
 import shlex
 import zipfile
 from collections.abc import Iterator
@@ -15,11 +17,11 @@ from pathlib import Path
 from django.db import connection, transaction
 from django.db.models import Count
 
-from analysis.files import metrics_csv, result_files
+from analysis.files import cell, metrics_csv, result_files
 from analysis.reads import ReadsBuilder, answers_csv_chunks, region_columns
 from analysis.summary import DEFAULT_REPLICATES, DEFAULT_SEED, summarize
 
-from .models import Answer, Image, Presentation, Study
+from .models import Answer, Image, Presentation, ReadingSession, Study
 from .models.studies import pseudonym
 
 
@@ -146,7 +148,9 @@ def readme_text(
         "Files: answers.csv (one row per read), summary.csv, cohen_kappa.csv and one imrmc_<model>.csv "
         "per arm; reasons.csv (how often each reason was given, per arm, on images called fake) and "
         "regions.csv (one row per marked region) where readers gave them; the columns are described "
-        "in the spec of the analysis (analysis.md) and docs/analysis.md.\n"
+        "in the spec of the analysis (analysis.md) and docs/analysis.md; sessions.csv (each reader's "
+        "reading sessions: start, last answer, images, viewing time, screen, display check) where "
+        "sessions were recorded, from the database and not remade from answers.csv.\n"
         f"{metrics}"
         f"Bootstrap: B = {replicates}, seed = {seed}.\n"
         f"To recompute every file but answers.csv{' and metrics.csv' if with_metrics else ''} "
@@ -154,6 +158,52 @@ def readme_text(
         f"  python -m analysis answers.csv --out DIR --bootstrap {replicates} --seed {seed}{declared}\n"
         "(or: python manage.py analyze_csv with the same arguments).\n"
     )
+
+
+# sessions.csv: one row per reading session of a reader in the study (README, "Reading sessions").
+SESSION_COLUMNS = [
+    "study",
+    "reader",
+    "session",
+    "started",
+    "last_answer",
+    "answers",
+    "viewing_seconds",
+    "minutes",
+    "screen_width",
+    "screen_height",
+    "pixel_ratio",
+    "display_check",
+]
+
+
+def sessions_text(study: Study, *, include_removed: bool = False) -> str | None:
+    """sessions.csv, from the database (not remade from answers.csv); None when no session began."""
+    names = reader_pseudonyms(study, include_removed=include_removed)
+    sessions = [s for s in ReadingSession.objects.filter(study=study) if s.reader_id in names]
+    if not sessions:
+        return None
+    sessions.sort(key=lambda s: (names[s.reader_id], s.number))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SESSION_COLUMNS)
+    for s in sessions:
+        row = [
+            study.pk,
+            names[s.reader_id],
+            s.number,
+            s.started.isoformat(),
+            s.last_seen.isoformat(),
+            s.answers,
+            s.viewing_ms / 1000,
+            (s.last_seen - s.started).total_seconds() / 60,
+            s.screen_width,
+            s.screen_height,
+            s.pixel_ratio,
+            s.display_check,
+        ]
+        writer.writerow([cell(value) for value in row])
+    return buffer.getvalue()
 
 
 def metrics_text(study: Study, summary) -> str | None:
@@ -166,7 +216,9 @@ def metrics_text(study: Study, summary) -> str | None:
     return None if job is None else metrics_csv(metric_rows(job, summary))
 
 
-def _result_texts(study: Study, reads, *, replicates: int, seed: int, progress=None) -> dict[str, str]:
+def _result_texts(
+    study: Study, reads, *, replicates: int, seed: int, progress=None, include_removed: bool = False
+) -> dict[str, str]:
     """Every file but answers.csv, from the reads that answers.csv holds, metrics.csv from the
     latest measure job, and the README."""
     models = study_arms(study)
@@ -175,6 +227,9 @@ def _result_texts(study: Study, reads, *, replicates: int, seed: int, progress=N
     metrics = metrics_text(study, summary)
     if metrics is not None:
         files["metrics.csv"] = metrics
+    sessions = sessions_text(study, include_removed=include_removed)
+    if sessions is not None:
+        files["sessions.csv"] = sessions
     files["README.txt"] = readme_text(
         study, models=models, replicates=replicates, seed=seed, with_metrics=metrics is not None
     )
@@ -201,7 +256,14 @@ def export_to_folder(
         for chunk in answers_csv_chunks(rows):
             handle.write(chunk)
     written = [answers]
-    files = _result_texts(study, builder.build(), replicates=replicates, seed=seed, progress=progress)
+    files = _result_texts(
+        study,
+        builder.build(),
+        replicates=replicates,
+        seed=seed,
+        progress=progress,
+        include_removed=include_removed,
+    )
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
         written.append(out / name)
@@ -244,7 +306,9 @@ def results_zip_stream(
             for chunk in answers_csv_chunks(tee(rows, builder)):
                 entry.write(chunk.encode("utf-8"))
                 yield sink.drain()
-        files = _result_texts(study, builder.build(), replicates=replicates, seed=seed)
+        files = _result_texts(
+            study, builder.build(), replicates=replicates, seed=seed, include_removed=include_removed
+        )
         for name, text in files.items():
             archive.writestr(name, text)
             yield sink.drain()

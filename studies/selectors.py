@@ -10,7 +10,7 @@ from django.http import Http404
 
 from generation.models import GenerativeModel, TrainingJob
 
-from .models import Answer, Image, Presentation, Study, StudyImage, StudyReader
+from .models import Answer, Image, Presentation, ReadingSession, Study, StudyImage, StudyReader
 
 # What reader-facing lookups leave out of a study: its audit report, which can be large, is for
 # researchers only, and every request of the labelling page would otherwise carry it.
@@ -300,7 +300,11 @@ def study_progress(study: Study) -> list[dict]:
         .order_by("reader__username")
     )
     removed = dict(study.readers.values_list("reader_id", "removed"))
-    rows = [{**row, "removed": removed.get(row["reader"])} for row in rows]
+    sessions = reading_sessions_by_reader(study)
+    rows = [
+        {**row, "removed": removed.get(row["reader"]), "sessions": sessions.get(row["reader"])}
+        for row in rows
+    ]
     seen = {row["reader"] for row in rows}
     waiting = [
         {
@@ -310,11 +314,36 @@ def study_progress(study: Study) -> list[dict]:
             "answered": 0,
             "last": None,
             "removed": place.removed,
+            "sessions": sessions.get(place.reader_id),
         }
         for place in study.readers.select_related("reader")
         if place.reader_id not in seen
     ]
     return list(rows) + waiting
+
+
+def reading_sessions_by_reader(study: Study, readers=None) -> dict[int, dict]:
+    """Reader id -> their sessions in the study: how many, the images and viewing time in them, the
+    time between each one's start and its last answer, and the latest display check with its screen."""
+    found: dict[int, dict] = {}
+    rows = ReadingSession.objects.filter(study=study).order_by("reader", "number")
+    if readers is not None:
+        rows = rows.filter(reader__in=readers)
+    for session in rows:
+        mine = found.setdefault(
+            session.reader_id,
+            {"count": 0, "answers": 0, "viewing_ms": 0, "minutes": 0.0, "check": None, "last": None},
+        )
+        mine["count"] += 1
+        mine["answers"] += session.answers
+        mine["viewing_ms"] += session.viewing_ms
+        mine["minutes"] += (session.last_seen - session.started).total_seconds() / 60
+        mine["last"] = session
+        if session.display_check:
+            mine["check"] = session
+    for mine in found.values():
+        mine["viewing_minutes"] = mine["viewing_ms"] / 60000
+    return found
 
 
 def studies_for_reader(*, user) -> list[dict]:
@@ -340,7 +369,8 @@ def studies_for_reader(*, user) -> list[dict]:
         )
         finished = counts["answered"] + counts["practice_answered"]
         counts["finished"] = finished == counts["total"] + counts["practice_total"]
-        rows.append({"study": place.study, **counts})
+        sessions = reading_sessions_by_reader(place.study, readers=[user.pk]).get(user.pk)
+        rows.append({"study": place.study, **counts, "sessions": sessions})
     return rows
 
 

@@ -6,7 +6,14 @@ from django.urls import reverse
 from analysis.files import imrmc_names, result_files
 from analysis.reads import AnswersError, answers_csv_chunks
 
-from ..exports import answer_rows, metrics_text, reader_pseudonyms, results_zip_stream, study_arms
+from ..exports import (
+    answer_rows,
+    metrics_text,
+    reader_pseudonyms,
+    results_zip_stream,
+    sessions_text,
+    study_arms,
+)
 from ..giveaways import giveaways_section
 from ..measures import machine_measures
 from ..models import Study
@@ -91,6 +98,8 @@ def results_page_context(study: Study, *, include_removed: bool = False) -> dict
     measures = machine_measures(study, summary)
     if measures is not None:
         downloads.append("metrics.csv")
+    if sessions_text(study, include_removed=include_removed) is not None:
+        downloads.append("sessions.csv")
     # The downloads hold the same readers as the page.
     query = "?include_removed=1" if include_removed else ""
     context = {
@@ -168,6 +177,9 @@ def results_download(study: Study, name: str, *, include_removed: bool = False):
     metrics = metrics_text(study, results.summary)
     if metrics is not None:
         files["metrics.csv"] = metrics
+    sessions = sessions_text(study, include_removed=include_removed)
+    if sessions is not None:
+        files["sessions.csv"] = sessions
     if name not in files:
         raise Http404("No such result file.")
     return _attachment(HttpResponse(files[name], content_type=CSV), study, name)

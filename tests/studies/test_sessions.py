@@ -1,6 +1,8 @@
 """Reading sessions over days (issue 15): sessions begun and counted, the display check, break
 reminders and a maximum per session, as the service records them and as a reader meets them."""
 
+import csv
+import io
 import re
 from datetime import timedelta
 
@@ -11,6 +13,7 @@ from playwright.sync_api import expect
 from studies.models import Answer, Presentation, ReadingSession
 from studies.services import answer_submit
 from studies.sessions import SessionFull, display_check_record, session_begin
+from tests.generation.test_training_admin import admin_log_in
 from tests.studies.study_fixtures import make_open_study
 
 
@@ -211,3 +214,60 @@ def test_a_break_reminder_every_few_images_and_a_stop_at_the_sessions_maximum(ta
     page.reload()  # still the same session: still a break
     expect(stop).to_contain_text("Time for a break")
     expect(page.get_by_role("link", name="Back to my studies")).to_be_visible()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.browser
+def test_sessions_over_days_show_on_my_studies_and_to_researchers_with_sessions_csv(
+    tabs, reader, researcher, tmp_path
+):
+    study = make_open_study(reader, images=4, display_check="offered")
+    tab = tabs()
+    page = tab.page
+    tab.log_in("reader", "reader-pass")
+    page.goto(f"{tab.base_url}/study/{study.pk}/")
+    page.get_by_role("button", name="Skip the check").click()
+    page.keyboard.press("Escape")
+    for key in "rf":
+        tab.wait_ready()
+        page.keyboard.press(key)
+    tab.wait_ready()
+    page.get_by_role("link", name="My studies").click()  # stops here, comes back the next day
+    later(ReadingSession.objects.get(study=study, number=1), 24 * 60)
+    row = page.get_by_role("row", name=re.compile("Chest X-ray realism"))
+    expect(row).to_contain_text("2 of 4")
+    expect(row).to_contain_text("1 session,")
+    row.get_by_role("link", name="Resume").click()
+    dialog = page.get_by_role("dialog", name="Display check")
+    expect(dialog).to_be_visible()  # a new session: the check again
+    dark, bright = look(page, 16, 0), look(page, 336, 255)
+    dialog.get_by_role("group", name="In the black square").get_by_label(dark.capitalize()).check()
+    dialog.get_by_role("group", name="In the white square").get_by_label(bright.capitalize()).check()
+    dialog.get_by_role("button", name="Done").click()
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("3 of 4")  # the same place
+    page.keyboard.press("u")
+    tab.wait_ready()
+    page.get_by_role("link", name="My studies").click()
+    expect(page.get_by_role("row", name=re.compile("Chest X-ray realism"))).to_contain_text("2 sessions,")
+    sessions = list(ReadingSession.objects.filter(study=study).order_by("number"))
+    assert [(s.number, s.answers, s.display_check) for s in sessions] == [(1, 2, "skipped"), (2, 1, "passed")]
+
+    staff = tabs(viewport={"width": 1400, "height": 900})
+    admin_log_in(staff)
+    staff.page.goto(f"{staff.base_url}/admin/studies/study/{study.pk}/readers/")
+    reader_row = staff.page.get_by_role("row", name=re.compile("^reader"))
+    expect(reader_row.locator(".reader-sessions")).to_have_text("2")
+    expect(reader_row.locator(".reader-check")).to_contain_text("Passed")
+    expect(reader_row.locator(".reader-check")).to_contain_text("session 2")
+    staff.page.goto(f"{staff.base_url}/admin/studies/study/{study.pk}/results/")
+    with staff.page.expect_download() as download:
+        staff.page.get_by_role("link", name="sessions.csv", exact=True).click()
+    path = tmp_path / "sessions.csv"
+    download.value.save_as(path)
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    assert [(r["reader"], r["session"], r["answers"], r["display_check"]) for r in rows] == [
+        ("R001", "1", "2", "skipped"),
+        ("R001", "2", "1", "passed"),
+    ]
+    assert float(rows[0]["viewing_seconds"]) > 0 and rows[0]["screen_width"]
