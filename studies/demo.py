@@ -238,6 +238,9 @@ def demo_study_advance(*, readers, researcher=None):
             real_count=DEMO_STUDY_REAL,
             practice_count=2,
             ask_reasons=Study.AskReasons.FAKE,
+            ask_region=Study.AskReasons.FAKE,
+            display_check=Study.DisplayCheck.OFFERED,
+            break_every_images=25,
         )
         study.real_sets.add(ImageSet.objects.get(name=DEMO_PHANTOM_SET))
         StudyModel.objects.create(study=study, model=model, count=DEMO_STUDY_SYNTHETIC)

@@ -404,6 +404,7 @@ def sequence_build(*, place: StudyReader) -> int:
         practice=[image_id for image_id, practice in rows if practice],
         repeat_percent=study.repeat_percent,
         seed=place.seed,
+        washout=bool(study.washout_hours),
     )
     Presentation.objects.bulk_create(
         Presentation(

@@ -2,11 +2,13 @@
 
 import functools
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import Count, Max, OuterRef, Q, Subquery
 from django.http import Http404
+from django.utils import timezone
 
 from generation.models import GenerativeModel, TrainingJob
 
@@ -36,6 +38,7 @@ _STUDY_FIELDS = (
     "region_required",
     "image_size",
     "session_max_images",
+    "washout_hours",
 )
 _IMAGE_FIELDS = ("id", "origin", "file", "source_sha256", "size")
 
@@ -177,10 +180,11 @@ class ReaderState:
     total: int
     practice_total: int = 0
     practice_answered: int = 0
+    wait_until: datetime | None = None  # the repeats open then (a study's washout)
 
     @property
     def done(self) -> bool:
-        return self.current is None
+        return self.current is None and self.wait_until is None
 
     # Counts of the study's own images, practice apart: what every page shows as "n of N".
     @property
@@ -227,6 +231,17 @@ def _pending_sql(with_previous: bool) -> str:
         f" WHERE p.study_id = %(study)s AND p.reader_id = %(reader)s AND a.id IS NULL"
         f" ORDER BY p.position LIMIT 2"
     )
+
+
+def repeats_open(*, study: Study, reader) -> datetime:
+    """When a reader's repeats open in a study with a washout: that long after their last first read."""
+    last = Answer.objects.filter(
+        presentation__study=study,
+        presentation__reader=reader,
+        presentation__is_repeat=False,
+        presentation__is_practice=False,
+    ).aggregate(last=Max("created"))["last"]
+    return (last or timezone.now()) + timedelta(hours=study.washout_hours or 0)
 
 
 def reader_state(*, user, study: Study, at=None) -> ReaderState:
@@ -277,9 +292,17 @@ def reader_state(*, user, study: Study, at=None) -> ReaderState:
     for presentation in (current, following):
         if presentation is not None:
             presentation.study = study  # known already: the study's row is not loaded again
+    wait_until = None
+    if at is None and current is not None and current.is_repeat and study.washout_hours:
+        wait_until = repeats_open(study=study, reader=user)
+        if wait_until <= timezone.now():
+            wait_until = None
+        else:
+            current = following = None
     return ReaderState(
         current=current,
         next=following,
+        wait_until=wait_until,
         answered=answered,
         total=total,
         practice_total=practice,

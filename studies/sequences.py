@@ -1,4 +1,5 @@
-"""Each reader's order of images: shuffled, practice first, repeats at least half a sequence apart."""
+"""Each reader's order of images: shuffled, practice first, repeats at least half a sequence apart
+(or, with a washout, all after the first showings)."""
 
 import random
 from dataclasses import dataclass
@@ -19,13 +20,18 @@ def repeat_count(n_images: int, percent: int) -> int:
     return min(round(n_images * percent / 100), n_images // 2)
 
 
-def sequence_order(*, images: list[int], practice: list[int], repeat_percent: int, seed: int) -> list[Slot]:
+def sequence_order(
+    *, images: list[int], practice: list[int], repeat_percent: int, seed: int, washout: bool = False
+) -> list[Slot]:
     """The order one reader sees, rebuilt exactly from `seed`.
 
     Practice images come first (shuffled), then the study's images shuffled. The
     repeated images are drawn at random from the first half of that shuffle, and
     each second showing goes to a random place at least half the sequence (of
     first showings) after its first, so that a reader cannot simply remember it.
+    With a `washout` (a least time between first and second reads), the repeats,
+    drawn from the whole shuffle, come after every first showing, shuffled again:
+    one wait then holds the washout for all of them.
     """
     rng = random.Random(seed)
     warmup = sorted(practice)
@@ -34,6 +40,14 @@ def sequence_order(*, images: list[int], practice: list[int], repeat_percent: in
     rng.shuffle(order)
     n = len(order)
     k = repeat_count(n, repeat_percent)
+    if washout:
+        again = rng.sample(order, k) if k else []
+        rng.shuffle(again)
+        return [
+            *(Slot(image, is_practice=True) for image in warmup),
+            *(Slot(image) for image in order),
+            *(Slot(image, is_repeat=True) for image in again),
+        ]
     gap = n // 2
     # Only images early enough to have a place `gap` later can be repeated.
     firsts = sorted(rng.sample(range(n - gap), k)) if k else []

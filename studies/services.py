@@ -10,7 +10,7 @@ from django.utils import timezone
 from .blinding import reader_problem
 from .models import Answer, Presentation, Study, StudyReader
 from .models.studies import MAX_REASON_TEXT
-from .selectors import reader_side
+from .selectors import reader_side, repeats_open
 from .sessions import session_count_answer, session_room_check
 
 
@@ -113,6 +113,10 @@ def answer_submit(
     # In autocommit the INSERT is its own transaction (BEGIN and COMMIT would be two more round
     # trips); inside a caller's transaction a savepoint keeps a losing insert from breaking it.
     session_room_check(study=study, reader=presentation.reader_id)
+    if presentation.is_repeat and study.washout_hours:
+        opens = repeats_open(study=study, reader=presentation.reader_id)
+        if opens > timezone.now():
+            raise AnswerRefused(f"This image opens after the study's washout, at {opens:%Y-%m-%d %H:%M} UTC.")
     first = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     try:
         with first:

@@ -139,7 +139,19 @@ def _item(presentation, state) -> dict | None:
 
 def _state_json(user, study: Study, at=None) -> dict:
     state = reader_state(user=user, study=study, at=at)
-    return {"current": _item(state.current, state), "next": _item(state.next, state), "done": state.done}
+    found = {"current": _item(state.current, state), "next": _item(state.next, state), "done": state.done}
+    if state.wait_until is not None:
+        found["wait_until"] = state.wait_until.isoformat()
+        found["waiting"] = _washout_text(study, state)
+    return found
+
+
+def _washout_text(study: Study, state) -> str:
+    return (
+        f"You have read every image once ({state.study_answered} of {state.study_total}). The rest are shown "
+        f"again after at least {study.washout_hours} hours (a washout, so that you read them afresh): "
+        f"come back after {timezone.localtime(state.wait_until):%A %d %B, %H:%M}. Your place is kept."
+    )
 
 
 @require_GET

@@ -33,7 +33,7 @@ from ..validators import no_formula_start
 from .results import results_download, results_page_context
 
 Status = Study.Status
-DESIGN_FIELDS = ["real_sets", "real_count", "image_size", "practice_count", "repeat_percent"]
+DESIGN_FIELDS = ["real_sets", "real_count", "image_size", "practice_count", "repeat_percent", "washout_hours"]
 ANSWER_FIELDS = ["allow_unsure", "ask_confidence", "allow_back", "time_limit_seconds"]
 SESSION_FIELDS = ["display_check", "break_every_images", "break_every_minutes", "session_max_images"]
 REASON_FIELDS = [

@@ -120,6 +120,13 @@ class Study(models.Model):
         help_text="Intra-reader repeats: this share of images (0 to 50%) is shown a second time, "
         "at least half a sequence after the first.",
     )
+    washout_hours = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Optional, with repeats: at least this many hours between a reader's first reads and "
+        "their repeats (a washout). The repeats then come after all first showings, and open to the "
+        "reader this long after their last first read.",
+    )
     practice_count = models.PositiveSmallIntegerField(
         default=0,
         help_text="Practice images before the study, with the truth shown after each answer; "

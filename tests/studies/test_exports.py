@@ -23,6 +23,7 @@ EVERY_FILE = [
     "cohen_kappa.csv",
     "imrmc_cxr-diffusion.csv",
     "imrmc_cxr-latent.csv",
+    "sessions.csv",  # every answer counts in a reading session
     "summary.csv",
 ]
 

@@ -7,11 +7,12 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.db.models import F
 from django.test import override_settings
 from playwright.sync_api import expect
 
 from studies.models import Answer, Presentation, ReadingSession
-from studies.services import answer_submit
+from studies.services import AnswerRefused, answer_submit
 from studies.sessions import SessionFull, display_check_record, session_begin
 from tests.generation.test_training_admin import admin_log_in
 from tests.studies.study_fixtures import make_open_study
@@ -271,3 +272,51 @@ def test_sessions_over_days_show_on_my_studies_and_to_researchers_with_sessions_
         ("R001", "2", "1", "passed"),
     ]
     assert float(rows[0]["viewing_seconds"]) > 0 and rows[0]["screen_width"]
+
+
+def test_with_a_washout_every_repeat_comes_after_every_first_showing():
+    from studies.sequences import sequence_order
+
+    images = list(range(100, 120))
+    for seed in range(20):
+        slots = sequence_order(images=images, practice=[1, 2], repeat_percent=25, seed=seed, washout=True)
+        assert slots == sequence_order(
+            images=images, practice=[1, 2], repeat_percent=25, seed=seed, washout=True
+        )
+        kinds = ["practice" if s.is_practice else "repeat" if s.is_repeat else "first" for s in slots]
+        assert kinds == ["practice"] * 2 + ["first"] * 20 + ["repeat"] * 5
+        assert sorted(s.image_id for s in slots if not s.is_practice and not s.is_repeat) == images
+        assert len({s.image_id for s in slots if s.is_repeat}) == 5
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.browser
+def test_the_repeats_wait_for_the_washout_then_open(tabs, reader):
+    study = make_open_study(reader, images=4, repeat_percent=50, washout_hours=48)
+    presentations = sequence(study, reader)
+    assert [p.is_repeat for p in presentations] == [False] * 4 + [True] * 2
+    tab = tabs()
+    page = tab.page
+    tab.log_in("reader", "reader-pass")
+    tab.open_study(study)
+    page.keyboard.press("Escape")
+    for key in "rfrf":
+        tab.wait_ready()
+        page.keyboard.press(key)
+    stop = page.locator("#stop-overlay")
+    expect(stop).to_be_visible()
+    expect(stop).to_contain_text("Come back later")
+    expect(stop).to_contain_text("You have read every image once (4 of 6)")
+    expect(stop).to_contain_text("after at least 48 hours")
+    with pytest.raises(AnswerRefused, match="opens after the study's washout"):
+        answer_submit(presentation=presentations[4], label="real", viewing_ms=900)
+    # Two days on (as if the first reads were then): the repeats open where the reader left off.
+    Answer.objects.filter(presentation__study=study).update(created=F("created") - timedelta(hours=49))
+    page.reload()
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("5 of 6")
+    page.keyboard.press("u")
+    tab.wait_ready()
+    page.keyboard.press("u")
+    expect(page).to_have_url(re.compile(rf"/study/{study.pk}/done/$"))
+    assert Answer.objects.filter(presentation__study=study, presentation__is_repeat=True).count() == 2

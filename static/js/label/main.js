@@ -197,8 +197,12 @@ function start(app) {
 
   /** Stop the page for `err`, saying what the reader can do; the one place every failure ends. */
   function stopFor(err) {
+    showStop(stopReason(err, { loginUrl: cfg.loginUrl, here: location.href }));
+  }
+
+  /** Stop the page with a card: what happened and what the reader can do. */
+  function showStop({ title, text, link }) {
     if (!machine.send("failed")) return;
-    const { title, text, link } = stopReason(err, { loginUrl: cfg.loginUrl, here: location.href });
     setStatus("");
     $("stop-title").textContent = title;
     $("stop-text").textContent = text;
@@ -335,6 +339,12 @@ function start(app) {
 
   /** Go where the server's state says (in state loading): the next image, or the end page. */
   async function follow(state) {
+    if (state.wait_until) {
+      // The repeats wait for the study's washout: the page says when they open.
+      dropPrefetch();
+      showStop({ title: "Come back later", text: state.waiting });
+      return;
+    }
     if (state.done || !state.current) {
       machine.send("finished");
       dropPrefetch();
