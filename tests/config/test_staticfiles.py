@@ -17,7 +17,7 @@ def test_collectstatic_rewrites_the_modules_imports_to_hashed_names(tmp_path, se
         storage = StaticStorage()
         main = (tmp_path / storage.stored_name("js/label/main.js")).read_text()
     imported = re.findall(r'from "\./([^"]+)"', main)
-    assert sorted(name.split(".")[0] for name in imported) == ["keys", "machine", "server", "viewer"]
+    assert sorted(name.split(".")[0] for name in imported) == ["check", "keys", "machine", "server", "viewer"]
     for name in imported:
         assert re.fullmatch(r"\w+\.[0-9a-f]{12}\.js", name), name  # the hashed name
         assert (tmp_path / "js" / "label" / name).exists()

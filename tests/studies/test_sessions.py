@@ -122,6 +122,15 @@ def look(page, square_left, background):
     return found[0]
 
 
+def pass_check(page, dialog) -> tuple[str, str]:
+    """Answer the display check as a reader who sees both patches; where they were."""
+    dark, bright = look(page, 16, 0), look(page, 336, 255)
+    dialog.get_by_role("group", name="In the black square").get_by_label(dark.capitalize()).check()
+    dialog.get_by_role("group", name="In the white square").get_by_label(bright.capitalize()).check()
+    dialog.get_by_role("button", name="Done").click()
+    return dark, bright
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.browser
 def test_a_required_display_check_comes_before_the_first_image_until_it_is_passed(tabs, reader):
@@ -145,10 +154,7 @@ def test_a_required_display_check_comes_before_the_first_image_until_it_is_passe
     session = ReadingSession.objects.get(study=study, reader=reader)
     assert session.display_check == "failed"
     dialog.get_by_role("button", name="Try again").click()
-    dark, bright = look(page, 16, 0), look(page, 336, 255)
-    dialog.get_by_role("group", name="In the black square").get_by_label(dark.capitalize()).check()
-    dialog.get_by_role("group", name="In the white square").get_by_label(bright.capitalize()).check()
-    dialog.get_by_role("button", name="Done").click()
+    dark, bright = pass_check(page, dialog)
     expect(dialog).to_be_hidden()
     page.keyboard.press("Escape")  # the instructions of a first visit
     tab.wait_ready()
@@ -241,10 +247,7 @@ def test_sessions_over_days_show_on_my_studies_and_to_researchers_with_sessions_
     row.get_by_role("link", name="Resume").click()
     dialog = page.get_by_role("dialog", name="Display check")
     expect(dialog).to_be_visible()  # a new session: the check again
-    dark, bright = look(page, 16, 0), look(page, 336, 255)
-    dialog.get_by_role("group", name="In the black square").get_by_label(dark.capitalize()).check()
-    dialog.get_by_role("group", name="In the white square").get_by_label(bright.capitalize()).check()
-    dialog.get_by_role("button", name="Done").click()
+    pass_check(page, dialog)
     tab.wait_ready()
     expect(tab.progress()).to_have_text("3 of 4")  # the same place
     page.keyboard.press("u")
@@ -320,3 +323,27 @@ def test_the_repeats_wait_for_the_washout_then_open(tabs, reader):
     page.keyboard.press("u")
     expect(page).to_have_url(re.compile(rf"/study/{study.pk}/done/$"))
     assert Answer.objects.filter(presentation__study=study, presentation__is_repeat=True).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.browser
+def test_a_break_reminder_after_some_minutes_of_reading(tabs, reader):
+    study = make_open_study(reader, images=4, break_every_minutes=30)
+    tab = tabs()
+    page = tab.page
+    page.clock.install()  # the page's clock, moved on below as a reader's half hour would
+    tab.log_in("reader", "reader-pass")
+    tab.open_study(study)
+    page.keyboard.press("Escape")
+    tab.wait_ready()
+    page.keyboard.press("r")
+    tab.wait_ready()
+    reminder = page.get_by_role("alert").filter(has_text="Time for a break?")
+    expect(reminder).to_be_hidden()
+    page.clock.fast_forward("31:00")
+    page.keyboard.press("f")
+    expect(reminder).to_be_visible()
+    expect(reminder).to_contain_text("You have read 2 images in 31 minutes")
+    page.keyboard.press("Enter")
+    tab.wait_ready()
+    expect(tab.progress()).to_have_text("3 of 4")

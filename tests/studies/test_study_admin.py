@@ -28,6 +28,8 @@ def create_in_admin(client, image_set, model) -> Study:
         "repeat_percent": 0,
         "allow_unsure": "on",
         "ask_reasons": "never",
+        "ask_region": "never",
+        "display_check": "off",
         "arms-TOTAL_FORMS": 1,
         "arms-INITIAL_FORMS": 0,
         "arms-0-model": model.pk,
