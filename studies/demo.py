@@ -172,8 +172,9 @@ DEMO_STUDY_SYNTHETIC = 12
 DEMO_INSTRUCTIONS = """Each image is either a **real** radiograph or made by a **generative model**.
 
 Press **R** for real, **F** for fake (synthetic), **U** if unsure. After **F**, say what gave the
-image away if you can (keys **1**-**7**), then **Enter** (alone: no reason). Zoom with the mouse
-wheel, pan by dragging, Shift-drag or **W** for window and level, **0** to reset.
+image away if you can (keys **1**-**7**) and where (click a point or drag a box on the image), then
+**Enter** (alone: nothing given). Zoom with the mouse wheel, pan by dragging, Shift-drag or **W**
+for window and level, **0** to reset.
 
 *Demo: the 'real' images are procedural phantoms, and the model is a small one trained for a few
 minutes on other phantoms.*"""

@@ -10,6 +10,7 @@ import io
 import logging
 import math
 import re
+import textwrap
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
@@ -287,7 +288,7 @@ def region_heatmaps(panels: list[dict]) -> SafeString:
         ax.set_xlim(0, 1)
         ax.set_ylim(1, 0)
         marks = f"{panel['n']} mark{'s' if panel['n'] != 1 else ''}"
-        ax.set_title(f"{panel['name']} · {marks}", fontsize=9, color=INK)
+        ax.set_title(textwrap.fill(f"{panel['name']} · {marks}", 30), fontsize=9, color=INK)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     return _svg(figure, "Heat maps of the regions readers marked, over each group's average image")

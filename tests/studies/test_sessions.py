@@ -101,9 +101,19 @@ def test_the_display_check_is_recorded_with_its_session(reader):
     assert session.display_check == "skipped"
 
 
-# Where each faint patch is on the pattern (check.js's layout: a 560 x 300 canvas, 16 px margins,
-# a 44 px ramp, squares of 208 px, patches of a quarter side, an eighth in from the corner).
-PLACES = {"top left": (52, 52), "top right": (156, 52), "bottom left": (52, 156), "bottom right": (156, 156)}
+# Where each faint patch is on the pattern, by check.js's layout (16 px margins, a 40 px ramp
+# with 14 px of labels, two squares side by side, patches a quarter of a side, an eighth in from
+# the corner): the centre of each patch, from the square's top left.
+WIDTH, HEIGHT, TOP = 520, 254, 16 + 40 + 14 + 16
+SIDE = min((WIDTH - 48) / 2, HEIGHT - TOP - 16)
+NEAR, FAR = SIDE / 4, SIDE - SIDE / 4
+PLACES = {
+    "top left": (NEAR, NEAR),
+    "top right": (FAR, NEAR),
+    "bottom left": (NEAR, FAR),
+    "bottom right": (FAR, FAR),
+}
+SQUARES = {"dark": (16, 0), "bright": (WIDTH - 16 - SIDE, 255)}  # left edge, background
 SEE = """([x, y]) => {
   const canvas = document.getElementById("check-pattern");
   const ratio = canvas.width / Number(canvas.getAttribute("width"));
@@ -111,12 +121,11 @@ SEE = """([x, y]) => {
 }"""
 
 
-def look(page, square_left, background):
+def look(page, square):
     """Where the faint patch is in a square, read off the canvas as a reader's eye would."""
+    left, background = SQUARES[square]
     found = [
-        place
-        for place, (dx, dy) in PLACES.items()
-        if page.evaluate(SEE, [square_left + dx, 76 + dy]) != background
+        place for place, (dx, dy) in PLACES.items() if page.evaluate(SEE, [left + dx, TOP + dy]) != background
     ]
     assert len(found) == 1, found
     return found[0]
@@ -124,7 +133,7 @@ def look(page, square_left, background):
 
 def pass_check(page, dialog) -> tuple[str, str]:
     """Answer the display check as a reader who sees both patches; where they were."""
-    dark, bright = look(page, 16, 0), look(page, 336, 255)
+    dark, bright = look(page, "dark"), look(page, "bright")
     dialog.get_by_role("group", name="In the black square").get_by_label(dark.capitalize()).check()
     dialog.get_by_role("group", name="In the white square").get_by_label(bright.capitalize()).check()
     dialog.get_by_role("button", name="Done").click()
@@ -143,9 +152,13 @@ def test_a_required_display_check_comes_before_the_first_image_until_it_is_passe
     expect(dialog).to_be_visible()
     expect(page.locator("#label-app")).to_have_attribute("data-machine", "checking")
     expect(dialog.get_by_role("button", name="Skip the check")).to_have_count(0)  # required
-    dark, bright = look(page, 16, 0), look(page, 336, 255)
-    assert page.evaluate(SEE, [16 + PLACES[dark][0], 76 + PLACES[dark][1]]) == 13  # 5% of 255
-    assert page.evaluate(SEE, [336 + PLACES[bright][0], 76 + PLACES[bright][1]]) == 242  # 95%
+    dark, bright = look(page, "dark"), look(page, "bright")
+    assert (
+        page.evaluate(SEE, [SQUARES["dark"][0] + PLACES[dark][0], TOP + PLACES[dark][1]]) == 13
+    )  # 5% of 255
+    assert (
+        page.evaluate(SEE, [SQUARES["bright"][0] + PLACES[bright][0], TOP + PLACES[bright][1]]) == 242
+    )  # 95%
     # Not seen in the black square: not passed, and a new pattern to try again.
     dialog.get_by_role("group", name="In the black square").get_by_label("I can't see it").check()
     dialog.get_by_role("group", name="In the white square").get_by_label(bright.capitalize()).check()

@@ -34,14 +34,22 @@ export function drawPattern(canvas, shown) {
   g.fillStyle = grey(0.5);
   g.fillRect(0, 0, width, height);
   const pad = 16;
-  const rampHeight = 44;
+  const rampHeight = 40;
+  const labelHeight = 14;
   const step = (width - 2 * pad) / RAMP_STEPS;
+  g.font = "11px sans-serif";
+  g.textAlign = "center";
+  g.textBaseline = "top";
   for (let k = 0; k < RAMP_STEPS; k++) {
-    g.fillStyle = grey(k / (RAMP_STEPS - 1));
+    const level = k / (RAMP_STEPS - 1);
+    g.fillStyle = grey(level);
     g.fillRect(pad + k * step, pad, Math.ceil(step), rampHeight);
+    g.fillStyle = grey(0); // each step named, the one as grey as the background too
+    g.fillText(`${Math.round(level * 100)}%`, pad + (k + 0.5) * step, pad + rampHeight + 2);
   }
-  const side = Math.min((width - 3 * pad) / 2, height - rampHeight - 3 * pad);
-  const top = 2 * pad + rampHeight;
+  // LAYOUT below is what the tests read the patches by: keep them in step.
+  const top = 2 * pad + rampHeight + labelHeight;
+  const side = Math.min((width - 3 * pad) / 2, height - top - pad);
   square(g, pad, top, side, 0, DARK_PATCH, shown.dark);
   square(g, width - pad - side, top, side, 1, BRIGHT_PATCH, shown.bright);
 }
