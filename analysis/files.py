@@ -1,5 +1,6 @@
-"""The result files of analysis.md: summary.csv, cohen_kappa.csv, one imrmc_<model>.csv per arm,
-and reasons.csv and regions.csv where readers gave them."""
+"""The result files of analysis.md: summary.csv, cohen_kappa.csv, arm_comparisons.csv, one
+imrmc_<model>.csv per arm and imrmc_all.csv with every arm, and reasons.csv and regions.csv
+where readers gave them."""
 
 import csv
 import io
@@ -12,7 +13,7 @@ from .cells import text_cell
 from .rates import fakeness_bins
 from .reads import Reads
 from .reasons import REASON_COUNT_COLUMNS, REGION_ROW_COLUMNS, reason_counts, region_rows
-from .summary import COHEN_COLUMNS, SUMMARY_COLUMNS, Summary
+from .summary import COHEN_COLUMNS, COMPARISON_COLUMNS, SUMMARY_COLUMNS, Summary
 
 
 def cell(value) -> str:
@@ -43,6 +44,10 @@ def cohen_csv(summary: Summary) -> str:
     return _table(COHEN_COLUMNS, summary.cohen)
 
 
+def comparisons_csv(summary: Summary) -> str:
+    return _table(COMPARISON_COLUMNS, summary.comparisons)
+
+
 def safe_name(name: str) -> str:
     """A model's name as it can stand in a file name and in an iMRMC field (never starting with `-`)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip("._-").rstrip("._") or "model"
@@ -50,7 +55,7 @@ def safe_name(name: str) -> str:
 
 def imrmc_names(models: list[str]) -> dict[str, str]:
     """model -> its iMRMC file name, distinct even where two names clean up alike."""
-    names, taken = {}, set()
+    names, taken = {}, {"imrmc_all.csv"}  # the file with every arm
     for model in models:
         base = f"imrmc_{safe_name(model)}"
         name, n = f"{base}.csv", 2
@@ -61,6 +66,12 @@ def imrmc_names(models: list[str]) -> dict[str, str]:
     return names
 
 
+SCORE_LINE = (
+    "Score: the fakeness score of each reader's first read (real 6-c, unsure 6, fake 6+c "
+    "with confidence c; without a confidence real 0, unsure 0.5, fake 1)"
+)
+
+
 def imrmc_csv(reads: Reads, model: str) -> str:
     """The arm of `model` in the input format of the FDA's iMRMC program.
 
@@ -68,33 +79,75 @@ def imrmc_csv(reads: Reads, model: str) -> str:
     (truth 1 for a synthetic image) and a `reader,case,modality,score` line per
     first read, the score being the fakeness score of analysis.md.
     """
-    k = reads.models.index(model) + 1 if model in reads.models else -1
+    header = (
+        f"iMRMC input for the arm of model {_free_text(model)} in study {_free_text(reads.study)}: "
+        "its synthetic images (truth 1) against every real image (truth 0)"
+    )
+    return _imrmc_text(reads, [model], header)
+
+
+def imrmc_all_csv(reads: Reads, models: list[str]) -> str:
+    """Every arm in one iMRMC input, each a modality named after its model.
+
+    A real image belongs to every arm, so its reads appear once per modality with the same
+    score; a synthetic image belongs to its own model's modality. iMRMC run on this file
+    compares any two arms, as arm_comparisons.csv does.
+    """
+    header = (
+        f"iMRMC input for every arm of study {_free_text(reads.study)}, each a modality: "
+        "the real images (truth 0) are read in every modality, each synthetic image (truth 1) in its model's"
+    )
+    return _imrmc_text(reads, models, header)
+
+
+def _imrmc_text(reads: Reads, models: list[str], header: str) -> str:
     first = ~reads.repeat
-    in_arm = np.isin(reads.image_model[reads.image], [0, k]) & first
-    r, i = reads.reader[in_arm], reads.image[in_arm]
-    label, confidence = reads.label[in_arm].astype(np.int64), reads.confidence[in_arm].astype(np.int64)
+    image_model = reads.image_model[reads.image]
+    modality_names = _modality_names(models)
+    parts = []  # (reader, image, modality, score bin) of each line, per arm
+    for m, model in enumerate(models):
+        k = reads.models.index(model) + 1 if model in reads.models else -1
+        in_arm = np.isin(image_model, [0, k]) & first
+        parts.append((reads.reader[in_arm], reads.image[in_arm], np.full(int(in_arm.sum()), m), in_arm))
+    r = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    i = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    m = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
+    chosen = np.concatenate([np.flatnonzero(p[3]) for p in parts]) if parts else np.zeros(0, np.int64)
+    label, confidence = reads.label[chosen].astype(np.int64), reads.confidence[chosen].astype(np.int64)
     score = fakeness_bins(label, confidence, reads.has_confidence)
     values = score + 1.0 if reads.has_confidence else score / 2.0
     cases = np.unique(i)
     truth = (reads.image_model[cases] > 0).astype(int)
-    modality = safe_name(model)
     lines = [
-        f"iMRMC input for the arm of model {_free_text(model)} in study {_free_text(reads.study)}: "
-        "its synthetic images (truth 1) against every real image (truth 0)",
-        "Score: the fakeness score of each reader's first read (real 6-c, unsure 6, fake 6+c "
-        "with confidence c; without a confidence real 0, unsure 0.5, fake 1)",
+        header,
+        SCORE_LINE,
         f"NR: {np.unique(r).size}",
         f"N0: {int((truth == 0).sum())}",
         f"N1: {int((truth == 1).sum())}",
-        "NM: 1",
+        f"NM: {len(models)}",
         "BEGIN DATA:",
     ]
     case_ids = [text_cell(name) for name in reads.images]
     reader_ids = [text_cell(name) for name in reads.readers]
     lines += [f"-1,{case_ids[case]},0,{flag}" for case, flag in zip(cases, truth, strict=True)]
-    order = np.lexsort((i, r))
-    lines += [f"{reader_ids[r[j]]},{case_ids[i[j]]},{modality},{cell(float(values[j]))}" for j in order]
+    order = np.lexsort((i, r, m))
+    lines += [
+        f"{reader_ids[r[j]]},{case_ids[i[j]]},{modality_names[m[j]]},{cell(float(values[j]))}" for j in order
+    ]
     return "\n".join(lines) + "\n"
+
+
+def _modality_names(models: list[str]) -> list[str]:
+    """Each model's iMRMC modality: its safe name, distinct where two clean up alike."""
+    names, taken = [], set()
+    for model in models:
+        base = safe_name(model)
+        name, n = base, 2
+        while name.lower() in taken:
+            name, n = f"{base}_{n}", n + 1
+        taken.add(name.lower())
+        names.append(name)
+    return names
 
 
 def _free_text(text) -> str:
@@ -132,9 +185,14 @@ def metrics_csv(rows: list[dict]) -> str:
 def result_files(reads: Reads, summary: Summary) -> dict[str, str]:
     """File name -> text of every result file but answers.csv; reasons.csv and regions.csv where
     readers gave reasons or marked regions."""
-    files = {"summary.csv": summary_csv(summary), "cohen_kappa.csv": cohen_csv(summary)}
+    files = {
+        "summary.csv": summary_csv(summary),
+        "cohen_kappa.csv": cohen_csv(summary),
+        "arm_comparisons.csv": comparisons_csv(summary),
+    }
     for model, name in imrmc_names(summary.models).items():
         files[name] = imrmc_csv(reads, model)
+    files["imrmc_all.csv"] = imrmc_all_csv(reads, summary.models)
     if reads.reason_names:
         files["reasons.csv"] = _table(REASON_COUNT_COLUMNS, reason_counts(reads, summary.models))
     if reads.region is not None:

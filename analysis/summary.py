@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import fisher_exact
 
+from . import mrmc
 from .agreement import Undefined, cohen_kappas, fleiss_kappa, gwet_ac1, krippendorff_alpha, percent_agreement
 from .bootstrap import group_rng, percentile_interval, two_way_bootstrap
 from .rates import fakeness_bins, wilson
@@ -34,6 +35,13 @@ SUMMARY_COLUMNS = [
     "fool_rate",
     "balanced_accuracy",
     "auc",
+    "auc_var",
+    "auc_mrmc",
+    "auc_mrmc_var",
+    "auc_mrmc_df",
+    "auc_mrmc_p",
+    "auc_mrmc_ci_low",
+    "auc_mrmc_ci_high",
     "p_value",
     "ci_method",
     "accuracy_boot_low",
@@ -53,6 +61,29 @@ SUMMARY_COLUMNS = [
     "note",
 ]
 COHEN_COLUMNS = ["group", "reader_a", "reader_b", "n_images", "kappa"]
+# arm_comparisons.csv: AUC(model_a) - AUC(model_b), reader-averaged, on the same readers and
+# real images (docs/analysis.md, "The MRMC analysis").
+COMPARISON_COLUMNS = [
+    "model_a",
+    "model_b",
+    "auc_a",
+    "auc_b",
+    "difference",
+    "variance",
+    "df",
+    "p",
+    "ci_low",
+    "ci_high",
+    "note",
+]
+MRMC_COLUMNS = {
+    "auc_mrmc": "value",
+    "auc_mrmc_var": "var",
+    "auc_mrmc_df": "df",
+    "auc_mrmc_p": "p",
+    "auc_mrmc_ci_low": "ci_low",
+    "auc_mrmc_ci_high": "ci_high",
+}
 DEFAULT_REPLICATES = 2000
 DEFAULT_SEED = 0
 REAL, FAKE, UNSURE = 0, 1, 2
@@ -83,6 +114,7 @@ class Summary:
     n_reads: int
     n_repeats: int = 0
     readers: list[str] = field(default_factory=list)
+    comparisons: list[dict] = field(default_factory=list)  # the rows of arm_comparisons.csv
 
     def pooled(self, group: str) -> dict:
         return next(row for row in self.rows if row["group"] == group and row["reader"] == "all")
@@ -142,10 +174,12 @@ def summarize(
     groups = ["all", "real", *names]
     fakes = {"all": list(range(1, len(names) + 1)), "real": []}
     fakes.update({name: [k] for k, name in enumerate(names, start=1)})
+    study, arms = _mrmc(t, names)
     rows, cohen, details = [], [], {}
     for group in groups:
         classes = [0, *fakes[group]]
-        rows.append(_pooled_row(t, group, classes, replicates=replicates, seed=seed))
+        arm = arms.get(group)
+        rows.append(_pooled_row(t, group, classes, arm, replicates=replicates, seed=seed))
         kappa, pair_rows = _pairwise(t, group, classes)
         cohen += pair_rows
         details[group] = GroupDetail(
@@ -155,7 +189,7 @@ def summarize(
             kappa=kappa,
         )
         for index, reader in enumerate(reads.readers):
-            rows.append(_reader_row(t, group, classes, index, reader))
+            rows.append(_reader_row(t, group, classes, arm, index, reader))
         if progress is not None:
             progress(len(details), len(groups), group)
     return Summary(
@@ -171,6 +205,7 @@ def summarize(
         n_reads=len(reads),
         n_repeats=int(reads.repeat.sum()),
         readers=reads.readers,
+        comparisons=_comparisons(study, arms, names),
     )
 
 
@@ -187,6 +222,7 @@ class _Tables:
         self.first = (r, i, lab, c)
         self.scores = 11 if reads.has_confidence else 3
         score = fakeness_bins(lab, reads.confidence[first].astype(np.int64), reads.has_confidence)
+        self.first_score = score
         cell = r * n_classes + c
         shape = (self.n_readers, n_classes)
         self.labels = np.bincount(cell * Q + lab, minlength=np.prod(shape) * Q).reshape(*shape, Q)
@@ -277,11 +313,18 @@ def _rates(row: _Row, real: np.ndarray, fake: np.ndarray, hist_real, hist_fake) 
         row.put("p_value", float(fisher_exact(table).pvalue))
 
 
-def _reader_row(t: _Tables, group: str, classes: list[int], index: int, reader: str) -> dict:
+def _reader_row(t: _Tables, group: str, classes: list[int], arm, index: int, reader: str) -> dict:
     row = _Row(group, reader)
     real, fake = t.split(t.labels[index : index + 1], classes)
     hist_real, hist_fake = t.split(t.score_hist[index : index + 1], classes)
     _rates(row, real[0], fake[0], hist_real[0], hist_fake[0])
+    auc_missing = next((why for why, columns in row.reasons.items() if "auc" in columns), None)
+    if auc_missing is not None:
+        row.missing("auc_var", auc_missing)
+    elif not np.isfinite(arm.reader_var[index]):
+        row.missing("auc_var", "undefined")
+    else:
+        row.put("auc_var", float(arm.reader_var[index]))
     row.put("n_images", row.values["n_reads"])  # first reads: one per image
     row.put("ci_method", "wilson")
     if t.has_repeats:
@@ -299,11 +342,15 @@ def _intra(row: _Row, table: np.ndarray) -> None:
         row.put("intra_reader_kappa", float(kappa))
 
 
-def _pooled_row(t: _Tables, group: str, classes: list[int], *, replicates: int, seed: int) -> dict:
+def _pooled_row(t: _Tables, group: str, classes: list[int], arm, *, replicates: int, seed: int) -> dict:
     row = _Row(group, "all")
     real, fake = t.split(t.labels, classes)
     hist_real, hist_fake = t.split(t.score_hist, classes)
     _rates(row, real.sum(axis=0), fake.sum(axis=0), hist_real.sum(axis=0), hist_fake.sum(axis=0))
+    if arm is None:
+        row.missing(list(MRMC_COLUMNS), "no synthetic images in the group")
+    else:
+        _put_estimate(row, arm.auc, MRMC_COLUMNS)
     in_group = np.isin(t.image_class, classes)
     counts = t.per_image[in_group]
     row.put("n_images", int((counts.sum(axis=1) > 0).sum()))
@@ -317,6 +364,62 @@ def _pooled_row(t: _Tables, group: str, classes: list[int], *, replicates: int, 
         if lost:
             row.remarks.append(f"{lost} repeat reads without a first read were left out")
     return row.done()
+
+
+def _put_estimate(row: _Row, estimate: mrmc.Estimate, columns: dict[str, str]) -> None:
+    """The figures of an MRMC estimate into the row's columns, the undefined ones with the reason."""
+    missing = []
+    for column, attribute in columns.items():
+        value = getattr(estimate, attribute)
+        if value is None:
+            missing.append(column)
+        else:
+            row.put(column, value)
+    if missing:
+        row.missing(missing, estimate.note)
+    if estimate.remark:
+        row.remarks.append(f"{', '.join(columns)}: {estimate.remark}")
+
+
+def _mrmc(t: _Tables, names: list[str]) -> tuple[mrmc.Study, dict[str, mrmc.ArmAuc]]:
+    """The MRMC analysis of each arm and of all synthetic images together, on first reads."""
+    r, i, _, _ = t.first
+    levels = np.full((t.n_images, t.n_readers), -1, dtype=np.int64)
+    levels[i, r] = t.first_score
+    study = mrmc.Study(levels[t.image_class == 0], t.scores)
+    sides = {name: mrmc.Cases(levels[t.image_class == k], t.scores) for k, name in enumerate(names, start=1)}
+    arms = {name: study.arm(side) for name, side in sides.items()}
+    arms["all"] = study.arm(mrmc.Cases.joined(list(sides.values()), t.n_readers, t.scores))
+    return study, arms
+
+
+def _comparisons(study: mrmc.Study, arms: dict[str, mrmc.ArmAuc], names: list[str]) -> list[dict]:
+    """One row of arm_comparisons.csv per pair of arms, in the order of their names."""
+    columns = {
+        "difference": "value",
+        "variance": "var",
+        "df": "df",
+        "p": "p",
+        "ci_low": "ci_low",
+        "ci_high": "ci_high",
+    }
+    rows = []
+    for x, a in enumerate(names):
+        for b in names[x + 1 :]:
+            estimate = study.compare(arms[a], arms[b])
+            values = {"model_a": a, "model_b": b, "auc_a": arms[a].auc.value, "auc_b": arms[b].auc.value}
+            values.update({column: getattr(estimate, attribute) for column, attribute in columns.items()})
+            undefined = [column for column in ["auc_a", "auc_b", *columns] if values[column] is None]
+            why = estimate.note
+            empty = [name for name in (a, b) if arms[name].auc.value is None]
+            if empty:
+                why = "; ".join(f"{name} has no AUC ({arms[name].auc.note})" for name in empty)
+            notes = [f"{', '.join(undefined)}: {why}"] if undefined else []
+            if estimate.remark:
+                notes.append(estimate.remark)
+            values["note"] = "; ".join(notes)
+            rows.append(values)
+    return rows
 
 
 def _bootstrap(row: _Row, t: _Tables, group: str, readers, images, *, replicates: int, seed: int) -> None:

@@ -207,14 +207,22 @@ def test_imrmc_files_are_in_the_input_format_of_imrmc():
 
 
 def test_result_files_are_named_after_the_arms():
-    assert imrmc_names(["cxr sd/v1", "cxr_sd_v1", "b"]) == {
+    assert imrmc_names(["cxr sd/v1", "cxr_sd_v1", "b", "ALL"]) == {
         "cxr sd/v1": "imrmc_cxr_sd_v1.csv",
         "cxr_sd_v1": "imrmc_cxr_sd_v1_2.csv",
         "b": "imrmc_b.csv",
+        "ALL": "imrmc_ALL_2.csv",  # imrmc_all.csv holds every arm
     }
     reads = make_reads(HAND)
     files = result_files(reads, summarize(reads, replicates=10))
-    assert list(files) == ["summary.csv", "cohen_kappa.csv", "imrmc_m1.csv", "imrmc_m2.csv"]
+    assert list(files) == [
+        "summary.csv",
+        "cohen_kappa.csv",
+        "arm_comparisons.csv",
+        "imrmc_m1.csv",
+        "imrmc_m2.csv",
+        "imrmc_all.csv",
+    ]
 
 
 def test_python_m_analysis_writes_the_files_and_refuses_a_bad_csv(tmp_path):
@@ -236,7 +244,9 @@ def test_python_m_analysis_writes_the_files_and_refuses_a_bad_csv(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "arm_comparisons.csv",
         "cohen_kappa.csv",
+        "imrmc_all.csv",
         "imrmc_m1.csv",
         "imrmc_m2.csv",
         "summary.csv",
