@@ -145,8 +145,11 @@ def readme_text(
     )
     return (
         f"Results of the reader study {study.title!r} (id {study.pk}), status {study.status}.\n"
-        "Files: answers.csv (one row per read), summary.csv, cohen_kappa.csv and one imrmc_<model>.csv "
-        "per arm; reasons.csv (how often each reason was given, per arm, on images called fake) and "
+        "Files: answers.csv (one row per read), summary.csv, cohen_kappa.csv, arm_comparisons.csv (the "
+        "difference of the reader-averaged AUCs of each pair of arms, with its MRMC variance and test), "
+        "one imrmc_<model>.csv per arm and imrmc_all.csv (every arm as a modality: the input of the "
+        "FDA's iMRMC program that gives the MRMC figures); reasons.csv (how often each reason was "
+        "given, per arm, on images called fake) and "
         "regions.csv (one row per marked region) where readers gave them; the columns are described "
         "in the spec of the analysis (analysis.md) and docs/analysis.md; sessions.csv (each reader's "
         "reading sessions: start, last answer, images, viewing time, screen, display check) where "

@@ -84,13 +84,19 @@ def _svg(figure, label: str) -> SafeString:
 
 @plot
 def forest_plot(summary: Summary) -> SafeString:
-    """Accuracy, fool rate and detection rate of each model (and all pooled), with 95% intervals."""
+    """Accuracy, fool rate, detection rate and reader-averaged AUC of each model (and all pooled),
+    with 95% intervals."""
     groups = ["all", *summary.models]
     names = ["All models", *summary.models]
-    figure = _figure(9, 0.5 * len(groups) + 1.3)
-    axes = figure.subplots(1, 3, sharey=True)
+    figure = _figure(11, 0.5 * len(groups) + 1.3)
+    axes = figure.subplots(1, 4, sharey=True)
     y = list(range(len(groups)))[::-1]
-    panels = [("Accuracy", "accuracy"), ("Fool rate", "fool_rate"), ("Detection rate", "sensitivity")]
+    panels = [
+        ("Accuracy", "accuracy"),
+        ("Fool rate", "fool_rate"),
+        ("Detection rate", "sensitivity"),
+        ("AUC (readers' mean)", "auc_mrmc"),
+    ]
     for ax, (title, column) in zip(axes, panels, strict=True):
         _style(ax)
         for row_y, group in zip(y, groups, strict=True):
@@ -99,7 +105,13 @@ def forest_plot(summary: Summary) -> SafeString:
             if value is None:
                 ax.text(0.5, row_y, "no reads", color=GREY, ha="center", va="center", fontsize=8)
                 continue
-            if column == "accuracy":
+            if column == "auc_mrmc":
+                low, high = row["auc_mrmc_ci_low"], row["auc_mrmc_ci_high"]
+                if low is None:  # no interval: the variance could not be estimated
+                    ax.plot([value], [row_y], "o", color=BLUE, markersize=6)
+                    continue
+                low, high = max(low, 0.0), min(high, 1.0)
+            elif column == "accuracy":
                 low, high = row["accuracy_ci_low"], row["accuracy_ci_high"]
                 if row["accuracy_boot_low"] is not None:
                     ax.plot(
@@ -120,10 +132,45 @@ def forest_plot(summary: Summary) -> SafeString:
         ax.set_ylim(-0.7, len(groups) - 0.3)
     axes[0].set_yticks(y, names)
     figure.supxlabel(
-        "Dot and line: Wilson 95% on pooled reads; orange band: two-way bootstrap 95%", fontsize=8, color=GREY
+        "Dot and line: Wilson 95% on pooled reads; orange band: two-way bootstrap 95%; "
+        "AUC: reader-averaged with the MRMC 95% interval (iMRMC)",
+        fontsize=8,
+        color=GREY,
     )
 
-    return _svg(figure, "Forest plot: accuracy, fool rate and detection rate per model with 95% intervals")
+    return _svg(
+        figure, "Forest plot: accuracy, fool rate, detection rate and AUC per model with 95% intervals"
+    )
+
+
+@plot
+def comparison_plot(comparisons: list[dict]) -> SafeString:
+    """The difference of the reader-averaged AUCs of each pair of arms, with its 95% interval."""
+    rows = list(comparisons)
+    figure = _figure(7.5, 0.45 * len(rows) + 1.4)
+    ax = figure.subplots()
+    _style(ax)
+    y = list(range(len(rows)))[::-1]
+    reach = 0.1
+    for row_y, row in zip(y, rows, strict=True):
+        value = row["difference"]
+        if value is None:
+            ax.text(0, row_y, "no AUC", color=GREY, ha="center", va="center", fontsize=8)
+            continue
+        if row["ci_low"] is not None:
+            ax.plot([row["ci_low"], row["ci_high"]], [row_y, row_y], color=BLUE, linewidth=1.6)
+            reach = max(reach, abs(row["ci_low"]), abs(row["ci_high"]))
+        reach = max(reach, abs(value))
+        significant = row["p"] is not None and row["p"] < 0.05
+        ax.plot([value], [row_y], "o", color=ORANGE if significant else BLUE, markersize=6)
+    ax.axvline(0, color=GREY, linewidth=0.8, linestyle="--")
+    ax.set_xlim(-min(1.0, reach * 1.15), min(1.0, reach * 1.15))
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_yticks(y, [textwrap.shorten(f"{r['model_a']} − {r['model_b']}", 48) for r in rows])
+    ax.set_xlabel("Difference of reader-averaged AUC, 95% interval (orange: p < 0.05)", fontsize=9)
+    return _svg(
+        figure, "Forest plot: difference of the reader-averaged AUC of each pair of arms, with 95% intervals"
+    )
 
 
 @plot

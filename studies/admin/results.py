@@ -1,5 +1,7 @@
 """The results page of a study for researchers, and its downloads (streamed where they are long)."""
 
+import math
+
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 
@@ -17,7 +19,14 @@ from ..exports import (
 from ..giveaways import giveaways_section
 from ..measures import machine_measures
 from ..models import Study
-from ..plots import forest_plot, kappa_heatmap, measures_scatter, reading_time_plot, unsure_plot
+from ..plots import (
+    comparison_plot,
+    forest_plot,
+    kappa_heatmap,
+    measures_scatter,
+    reading_time_plot,
+    unsure_plot,
+)
 from ..results import study_results
 
 CSV = "text/csv; charset=utf-8"
@@ -59,6 +68,33 @@ def _notes(note: str) -> tuple[list[str], list[str]]:
     return accuracy, agreement
 
 
+def _only_mrmc(part: str) -> bool:
+    """Whether a part of a note is about the MRMC columns alone."""
+    columns = part.split(": ", 1)[0].split(", ")
+    return all(column.startswith("auc_mrmc") for column in columns)
+
+
+def _mrmc_rows(arms: list[dict]) -> list[dict]:
+    """The MRMC table's rows: the arms with synthetic images, each with its standard error and
+    the parts of its note about these figures."""
+    rows = []
+    for arm in arms:
+        if arm["group"] == "real":
+            continue
+        row = arm["row"]
+        var = row["auc_mrmc_var"]
+        notes = [part for part in (row["note"] or "").split("; ") if "auc_mrmc" in part]
+        rows.append(
+            {
+                "name": arm["name"],
+                "row": row,
+                "se": math.sqrt(var) if var is not None and var > 0 else None,
+                "note": "; ".join(part.split(": ", 1)[1] if ": " in part else part for part in notes),
+            }
+        )
+    return rows
+
+
 def results_page_context(study: Study, *, include_removed: bool = False) -> dict:
     problem = _clash(study)
     if problem:
@@ -74,6 +110,7 @@ def results_page_context(study: Study, *, include_removed: bool = False) -> dict
         detail = summary.details[group]
         row = summary.pooled(group)
         accuracy_notes, agreement_notes = _notes(row["note"] or "")
+        accuracy_notes = [part for part in accuracy_notes if not _only_mrmc(part)]  # in the MRMC table
         arms.append(
             {
                 "group": group,
@@ -90,7 +127,14 @@ def results_page_context(study: Study, *, include_removed: bool = False) -> dict
     logins = dict(study.readers.values_list("reader_id", "reader__username"))
     names_in = reader_pseudonyms(study, include_removed=include_removed)
     who = {pseudonym: logins.get(user_id, "") for user_id, pseudonym in names_in.items()}
-    downloads = ["answers.csv", "summary.csv", "cohen_kappa.csv", *imrmc_names(summary.models).values()]
+    downloads = [
+        "answers.csv",
+        "summary.csv",
+        "cohen_kappa.csv",
+        "arm_comparisons.csv",
+        *imrmc_names(summary.models).values(),
+        "imrmc_all.csv",
+    ]
     if results.reads.reason_names:
         downloads.append("reasons.csv")
     if results.reads.region is not None:
@@ -123,6 +167,8 @@ def results_page_context(study: Study, *, include_removed: bool = False) -> dict
         "removed_count": study.readers.filter(removed__isnull=False).count(),
         "has_reads": summary.n_reads > 0,
         "measures": measures,
+        "mrmc": _mrmc_rows(arms),
+        "comparisons": summary.comparisons,
     }
     if measures is not None:
         context["measures_plot"] = measures_scatter(measures)
@@ -137,6 +183,7 @@ def results_page_context(study: Study, *, include_removed: bool = False) -> dict
             "kappa": kappa_heatmap(all_detail.readers, all_detail.kappa)
             if len(summary.readers) > 1
             else None,
+            "comparisons": comparison_plot(summary.comparisons) if summary.comparisons else None,
         }
     return context
 

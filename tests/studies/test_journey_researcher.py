@@ -247,7 +247,15 @@ def test_a_researcher_takes_a_study_through_its_life_by_clicking(
         "() => [...document.querySelectorAll('.results-scroll')].every(s => s.scrollWidth <= s.clientWidth)"
     )
     assert fits, "a results table needs sideways scrolling at 1400 px"
-    names = ["answers.csv", "summary.csv", "cohen_kappa.csv", "imrmc_tiny-ddpm.csv", "All files (.zip)"]
+    names = [
+        "answers.csv",
+        "summary.csv",
+        "cohen_kappa.csv",
+        "arm_comparisons.csv",
+        "imrmc_tiny-ddpm.csv",
+        "imrmc_all.csv",
+        "All files (.zip)",
+    ]
     for name in names:
         with page.expect_download() as download:
             page.get_by_role("link", name=name, exact=True).click()

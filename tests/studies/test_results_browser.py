@@ -10,6 +10,7 @@ from django.core.management import call_command
 from playwright.sync_api import expect
 
 from studies.models import Answer
+from studies.results import study_results
 from tests.studies.study_fixtures import make_open_study
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
@@ -45,10 +46,30 @@ def test_results_of_a_study_labelled_in_the_browser(tabs, reader, outsider, rese
     page.get_by_role("link", name="Results (interim)").click()
     expect(page.get_by_role("heading", name="Interim results")).to_be_visible()
     expect(page.get_by_text("12 of 12 reads so far")).to_be_visible()
-    for name in ("Forest plot", "Heatmap of pairwise", "Unsure rates", "Reading time"):
+    for name in (
+        "Forest plot: accuracy",
+        "Forest plot: difference",
+        "Heatmap of pairwise",
+        "Unsure rates",
+        "Reading time",
+    ):
         plot = page.get_by_role("img", name=re.compile(name))
         expect(plot).to_be_visible()
         assert plot.bounding_box()["width"] > 300
+    # The MRMC table: the reader-averaged AUC of each arm as the analysis gives it, the pooled apart.
+    summary = study_results(study).summary
+    expect(page.get_by_role("heading", name="AUC across readers and images (MRMC)")).to_be_visible()
+    arms = page.locator("#mrmc-arms tbody tr")
+    expect(arms).to_have_count(1 + len(summary.models))
+    for k, group in enumerate(["all", *summary.models]):
+        row = summary.pooled(group)
+        cells = arms.nth(k).locator("td")
+        expect(cells.nth(0)).to_have_text(f"{row['auc_mrmc']:.3f}")
+        expect(cells.nth(5)).to_have_text(f"{row['auc']:.3f}")  # the pooled AUC, named apart
+    (comparison,) = summary.comparisons
+    first_row = page.locator("#arm-comparisons tbody tr").first
+    expect(first_row).to_contain_text(comparison["model_a"])
+    expect(first_row.locator("td").nth(2)).to_have_text(f"{comparison['difference']:.3f}")
     if os.environ.get("RESULTS_SCREENSHOT"):
         page.screenshot(path=os.environ["RESULTS_SCREENSHOT"], full_page=True)
 
@@ -67,7 +88,7 @@ def test_results_of_a_study_labelled_in_the_browser(tabs, reader, outsider, rese
         str(tmp_path / "again"),
         stdout=io.StringIO(),
     )
-    for name in ("summary.csv", "cohen_kappa.csv"):
+    for name in ("summary.csv", "cohen_kappa.csv", "arm_comparisons.csv", "imrmc_all.csv"):
         assert (tmp_path / "again" / name).read_bytes() == archive.read(name), name
 
     with page.expect_download() as download:
@@ -75,3 +96,8 @@ def test_results_of_a_study_labelled_in_the_browser(tabs, reader, outsider, rese
     assert download.value.suggested_filename == f"study-{study.pk}-summary.csv"
     download.value.save_as(tmp_path / "summary.csv")
     assert (tmp_path / "summary.csv").read_bytes() == archive.read("summary.csv")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="arm_comparisons.csv").click()
+    download.value.save_as(tmp_path / "arm_comparisons.csv")
+    assert (tmp_path / "arm_comparisons.csv").read_bytes() == archive.read("arm_comparisons.csv")
+    assert archive.read("arm_comparisons.csv").decode().startswith("model_a,model_b,auc_a,auc_b,difference,")

@@ -32,7 +32,8 @@ def test_the_results_page_shows_interim_tables_and_plots(client, researcher, stu
     html = page.content.decode()
     assert "Interim results" in html and "13 of 16 reads so far" in html
     assert "Accuracy per arm" in html and "cxr-diffusion" in html and "Real images only" in html
-    assert html.count('<svg role="img"') == 4  # forest, unsure, kappa heatmap, reading time
+    assert html.count('<svg role="img"') == 5  # forest, arm comparisons, unsure, kappa heatmap, reading time
+    assert "AUC across readers and images (MRMC)" in html and 'id="arm-comparisons"' in html
     assert "Forest plot" in html and "currentColor" in html
     plots = html[html.index('<svg role="img"') :]
     assert "http" not in plots.replace('"http://www.w3.org/', "")  # nothing to fetch

@@ -11,7 +11,7 @@ from analysis.reads import AnswersError
 
 class Command(BaseCommand):
     help = (
-        "Recompute summary.csv, cohen_kappa.csv and the imrmc_<model>.csv files from an exported "
+        "Recompute summary.csv, cohen_kappa.csv, arm_comparisons.csv and the iMRMC files from an exported "
         "answers.csv, with no database: the same numbers as the study's export."
     )
     requires_system_checks = []

@@ -10,7 +10,7 @@ from studies.management.lookup import find_study
 
 class Command(BaseCommand):
     help = (
-        "Write a study's answers.csv, summary.csv, cohen_kappa.csv and one imrmc_<model>.csv per arm "
+        "Write a study's answers.csv, summary.csv, cohen_kappa.csv, arm_comparisons.csv and the iMRMC files "
         "(and a README.txt saying how to recompute them) into a folder."
     )
 
