@@ -11,6 +11,7 @@ from playwright.sync_api import expect
 
 from studies.models import Answer, StudyReader
 from tests.studies.study_fixtures import make_open_study
+from tests.studies.test_results_browser import RESULTS_PLOTS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
@@ -87,13 +88,7 @@ def test_the_study_admin_and_results_pages_work_under_the_policy(tabs, reader, o
     page.locator(".add-row a").click()  # inlines.js adds a second model row
     expect(page.locator("#arms-1")).to_be_attached()
     page.goto(f"{tab.base_url}/admin/studies/study/{study.pk}/results/")
-    for name in (
-        "Forest plot: accuracy",
-        "Forest plot: difference",
-        "Heatmap of pairwise",
-        "Unsure rates",
-        "Reading time",
-    ):
+    for name in RESULTS_PLOTS:
         expect(page.get_by_role("img", name=re.compile(name))).to_be_visible()
     page.goto(f"{tab.base_url}/admin/studies/study/{study.pk}/readers/")
     expect(page.get_by_role("heading", name="Readers of this study")).to_be_visible()

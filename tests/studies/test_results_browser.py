@@ -14,6 +14,14 @@ from studies.results import study_results
 from tests.studies.study_fixtures import make_open_study
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
+# The plots of the results page of a study with two models and two readers, by their labels.
+RESULTS_PLOTS = (
+    "Forest plot: accuracy",
+    "Forest plot: difference",
+    "Heatmap of pairwise",
+    "Unsure rates",
+    "Reading time",
+)
 
 
 def label_all(tab, study, keys):
@@ -46,13 +54,7 @@ def test_results_of_a_study_labelled_in_the_browser(tabs, reader, outsider, rese
     page.get_by_role("link", name="Results (interim)").click()
     expect(page.get_by_role("heading", name="Interim results")).to_be_visible()
     expect(page.get_by_text("12 of 12 reads so far")).to_be_visible()
-    for name in (
-        "Forest plot: accuracy",
-        "Forest plot: difference",
-        "Heatmap of pairwise",
-        "Unsure rates",
-        "Reading time",
-    ):
+    for name in RESULTS_PLOTS:
         plot = page.get_by_role("img", name=re.compile(name))
         expect(plot).to_be_visible()
         assert plot.bounding_box()["width"] > 300
