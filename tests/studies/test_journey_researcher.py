@@ -247,6 +247,8 @@ def test_a_researcher_takes_a_study_through_its_life_by_clicking(
         "() => [...document.querySelectorAll('.results-scroll')].every(s => s.scrollWidth <= s.clientWidth)"
     )
     assert fits, "a results table needs sideways scrolling at 1400 px"
+    expect(page.locator("#mrmc-arms tbody tr")).to_have_count(2)  # all models, the one arm
+    expect(page.locator("#no-arm-comparisons")).to_be_visible()  # one model: nothing to compare
     names = [
         "answers.csv",
         "summary.csv",
