@@ -53,17 +53,23 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip("._-").rstrip("._") or "model"
 
 
+def _distinct(bases: list[str], suffix: str = "", taken=()) -> list[str]:
+    """Each base with the suffix, `_2`, `_3`, ... before it where the name (any case) is taken."""
+    names, taken = [], {name.lower() for name in taken}
+    for base in bases:
+        name, n = f"{base}{suffix}", 2
+        while name.lower() in taken:
+            name, n = f"{base}_{n}{suffix}", n + 1
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
 def imrmc_names(models: list[str]) -> dict[str, str]:
     """model -> its iMRMC file name, distinct even where two names clean up alike."""
-    names, taken = {}, {"imrmc_all.csv"}  # the file with every arm
-    for model in models:
-        base = f"imrmc_{safe_name(model)}"
-        name, n = f"{base}.csv", 2
-        while name.lower() in taken:
-            name, n = f"{base}_{n}.csv", n + 1
-        taken.add(name.lower())
-        names[model] = name
-    return names
+    bases = [f"imrmc_{safe_name(model)}" for model in models]
+    names = _distinct(bases, ".csv", taken=["imrmc_all.csv"])  # the file with every arm
+    return dict(zip(models, names, strict=True))
 
 
 SCORE_LINE = (
@@ -103,16 +109,15 @@ def imrmc_all_csv(reads: Reads, models: list[str]) -> str:
 def _imrmc_text(reads: Reads, models: list[str], header: str) -> str:
     first = ~reads.repeat
     image_model = reads.image_model[reads.image]
-    modality_names = _modality_names(models)
-    parts = []  # (reader, image, modality, score bin) of each line, per arm
-    for m, model in enumerate(models):
+    modality_names = _distinct([safe_name(model) for model in models])
+    chosen, m = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]  # each line's read and modality
+    for index, model in enumerate(models):
         k = reads.models.index(model) + 1 if model in reads.models else -1
-        in_arm = np.isin(image_model, [0, k]) & first
-        parts.append((reads.reader[in_arm], reads.image[in_arm], np.full(int(in_arm.sum()), m), in_arm))
-    r = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    i = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    m = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
-    chosen = np.concatenate([np.flatnonzero(p[3]) for p in parts]) if parts else np.zeros(0, np.int64)
+        in_arm = np.flatnonzero(np.isin(image_model, [0, k]) & first)
+        chosen.append(in_arm)
+        m.append(np.full(in_arm.size, index))
+    chosen, m = np.concatenate(chosen), np.concatenate(m)
+    r, i = reads.reader[chosen], reads.image[chosen]
     label, confidence = reads.label[chosen].astype(np.int64), reads.confidence[chosen].astype(np.int64)
     score = fakeness_bins(label, confidence, reads.has_confidence)
     values = score + 1.0 if reads.has_confidence else score / 2.0
@@ -135,19 +140,6 @@ def _imrmc_text(reads: Reads, models: list[str], header: str) -> str:
         f"{reader_ids[r[j]]},{case_ids[i[j]]},{modality_names[m[j]]},{cell(float(values[j]))}" for j in order
     ]
     return "\n".join(lines) + "\n"
-
-
-def _modality_names(models: list[str]) -> list[str]:
-    """Each model's iMRMC modality: its safe name, distinct where two clean up alike."""
-    names, taken = [], set()
-    for model in models:
-        base = safe_name(model)
-        name, n = base, 2
-        while name.lower() in taken:
-            name, n = f"{base}_{n}", n + 1
-        taken.add(name.lower())
-        names.append(name)
-    return names
 
 
 def _free_text(text) -> str:
